@@ -1,0 +1,1 @@
+"""jobtrace's private house: nothing here is public API; import from :mod:`jobtrace`."""

@@ -1,0 +1,467 @@
+"""The job side: one CONSUMER span per job run, joined to its producer through the job's metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, Status, StatusCode
+
+from jobtrace._internal import current, records, semconv
+from jobtrace._internal.config import Relationship, get_settings
+from jobtrace._internal.metadata import Incoming, read_metadata, retry_metadata
+from jobtrace._internal.producer import new_job_id
+from jobtrace._internal.records import JobRecord, JobState
+from jobtrace._internal.redaction import args_text
+from jobtrace._internal.telemetry import flush, in_forked_child, instruments, tracer
+
+logger = logging.getLogger("jobtrace")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RetryDecision = bool | Callable[[BaseException], bool]
+_HOST = socket.gethostname()
+_MAX_ERROR_MESSAGE = 2000
+
+
+class JobRun:
+    """One run (one attempt) of one job, as a span, a record and the job the fields API writes to.
+
+    Use it as ``with`` or ``async with`` around the job's body; an exception is recorded and
+    re-raised unchanged. Frameworks whose hooks split the run in two call :meth:`start` and
+    :meth:`finish` instead (in the same thread and context).
+    """
+
+    def __init__(
+        self,
+        metadata: object,
+        *,
+        name: str,
+        job_id: str | None = None,
+        queue: str | None = None,
+        attempt: int | None = None,
+        system: str = "jobtrace",
+        args: Any = None,
+        will_retry: RetryDecision = False,
+        flush: bool | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.name = name
+        self.job_id = job_id
+        self.queue = queue
+        self.attempt = attempt
+        self.system = system
+        self.args = args
+        self.will_retry = will_retry
+        self.flush = flush
+        self.state: JobState | None = None
+        self.info: current.JobInfo | None = None
+        self._job: current.ActiveJob | None = None
+        self._context_token: object | None = None
+        self._job_token: Token[current.ActiveJob | None] | None = None
+        self._started_at = 0.0
+
+    # -- starting -------------------------------------------------------------------------------
+
+    def start(self) -> JobRun:
+        """Start the span, attach its context and make this the current job; never raises."""
+        if self._job is not None:
+            return self
+        try:
+            self._start()
+        except Exception:
+            logger.warning("jobtrace: starting the span of job %s failed", self.name, exc_info=True)
+        return self
+
+    def _start(self) -> None:
+        settings = get_settings()
+        incoming = read_metadata(
+            self.metadata, job_description=f"job {self.name} {self.job_id or ''}".rstrip()
+        )
+        job_id = self.job_id or incoming.job_id or new_job_id()
+        attempt = self.attempt or incoming.attempt or 1
+        relationship: Relationship = incoming.relationship or "child"
+        parent_context, links = _parent_and_links(incoming, relationship)
+        depth = incoming.depth if incoming.depth is not None else (1 if incoming.parent_job_id else 0)
+        root_job_id = incoming.root_job_id or job_id
+        now = time.time()
+        attributes: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: self.system,
+            semconv.MESSAGING_OPERATION_TYPE: "process",
+            semconv.MESSAGING_OPERATION_NAME: "process",
+            semconv.MESSAGING_MESSAGE_ID: job_id,
+            semconv.JOB_ID: job_id,
+            semconv.JOB_NAME: self.name,
+            semconv.JOB_ROOT_ID: root_job_id,
+            semconv.JOB_DEPTH: depth,
+            semconv.JOB_ATTEMPT: attempt,
+            semconv.RELATIONSHIP: relationship,
+        }
+        if self.queue is not None:
+            attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
+        if incoming.parent_job_id is not None:
+            attributes[semconv.JOB_PARENT_ID] = incoming.parent_job_id
+        queue_wait = None
+        if incoming.enqueued_at is not None and attempt == 1:
+            queue_wait = max(0.0, now - incoming.enqueued_at)
+            attributes[semconv.JOB_QUEUE_WAIT] = queue_wait
+        recorded_args = args_text(settings, self.args)
+        if recorded_args is not None:
+            attributes[semconv.JOB_ARGS] = recorded_args
+        span = tracer().start_span(
+            f"process {self.name}",
+            context=parent_context,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
+        span_context = span.get_span_context()
+        self.info = current.JobInfo(
+            job_id=job_id,
+            name=self.name,
+            queue=self.queue,
+            attempt=attempt,
+            parent_job_id=incoming.parent_job_id,
+            root_job_id=root_job_id,
+            depth=depth,
+            system=self.system,
+            trace_id=f"{span_context.trace_id:032x}",
+            span_id=f"{span_context.span_id:016x}",
+        )
+        self._job = current.ActiveJob(info=self.info, span=span, started_at=now)
+        self._started_at = now
+        self._context_token = otel_context.attach(trace.set_span_in_context(span, parent_context))
+        self._job_token = current._current.set(self._job)
+        self.state = JobState.RUNNING
+        if queue_wait is not None:
+            instruments().queue_wait.record(queue_wait, self._metric_attributes())
+        if records.has_sinks():
+            records.emit(
+                JobRecord(
+                    kind="started",
+                    job_id=job_id,
+                    attempt=attempt,
+                    name=self.name,
+                    state=JobState.RUNNING,
+                    queue=self.queue,
+                    system=self.system,
+                    parent_job_id=incoming.parent_job_id,
+                    root_job_id=root_job_id,
+                    depth=depth,
+                    trace_id=self.info.trace_id,
+                    span_id=self.info.span_id,
+                    args=recorded_args,
+                    host=_HOST,
+                    pid=os.getpid(),
+                    enqueued_at=incoming.enqueued_at,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    def finish(
+        self,
+        error: BaseException | None = None,
+        *,
+        will_retry: bool | None = None,
+        state: JobState | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """End the run: outcome, span, metrics, record; detach the context. Never raises.
+
+        Args:
+            error: The exception the job raised, if any.
+            will_retry: Whether the queue will run the job again; by default decided by the
+                ``will_retry`` given at construction.
+            state: Force an outcome (a framework that knows better, e.g. a cancelled job).
+            reason: Why, for a forced outcome.
+        """
+        job, self._job = self._job, None
+        if job is None:
+            return
+        try:
+            self._finish(job, error, will_retry, state, reason)
+        except Exception:
+            logger.warning("jobtrace: ending the span of job %s failed", self.name, exc_info=True)
+        finally:
+            self._detach()
+
+    def _finish(
+        self,
+        job: current.ActiveJob,
+        error: BaseException | None,
+        will_retry: bool | None,
+        state: JobState | None,
+        reason: str | None,
+    ) -> None:
+        settings = get_settings()
+        span = job.span
+        info = job.info
+        if will_retry is None and error is not None:
+            will_retry = self._decide_retry(error)
+        outcome = state or _outcome(job, error, bool(will_retry))
+        reason = reason or job.reason
+        self.state = outcome
+        attributes: dict[str, Any] = {semconv.JOB_OUTCOME: outcome.value}
+        if reason:
+            attributes[semconv.JOB_OUTCOME_REASON] = reason
+        for kind, amount in job.items.items():
+            attributes[semconv.ITEMS_PREFIX + kind] = amount
+        if job.progress is not None:
+            attributes[semconv.PROGRESS] = job.progress
+        error_type = None
+        message = None
+        if error is not None:
+            error_type = semconv.error_type(error)
+            message = str(error)[:_MAX_ERROR_MESSAGE]
+            attributes[semconv.ERROR_TYPE] = error_type
+            span.record_exception(error, escaped=True)
+            if outcome is JobState.RETRYING:
+                attributes[semconv.JOB_WILL_RETRY] = True
+                span.add_event(semconv.EVENT_RETRY, {"jobtrace.job.attempt": info.attempt})
+                if settings.error_on_retry:
+                    span.set_status(Status(StatusCode.ERROR, message[:200]))
+            elif outcome is not JobState.CANCELLED:
+                attributes[semconv.JOB_WILL_RETRY] = False
+                span.add_event(semconv.EVENT_FAILED, {"jobtrace.job.attempt": info.attempt})
+                span.set_status(Status(StatusCode.ERROR, message[:200]))
+        elif outcome is JobState.DISCARDED:
+            error_type = reason or "discarded"
+            attributes[semconv.ERROR_TYPE] = error_type
+            span.set_status(Status(StatusCode.ERROR, reason))
+        if outcome in (JobState.DISCARDED, JobState.CANCELLED, JobState.SKIPPED):
+            span.add_event(semconv.EVENT_OUTCOME, {"outcome": outcome.value, "reason": reason or ""})
+        span.set_attributes(attributes)
+        span.end()
+        finished = time.time()
+        metric_attributes = self._metric_attributes(outcome)
+        metrics = instruments()
+        metrics.duration.record(finished - self._started_at, metric_attributes)
+        metrics.outcomes.add(1, metric_attributes)
+        if records.has_sinks():
+            records.emit(
+                JobRecord(
+                    kind="finished",
+                    job_id=info.job_id,
+                    attempt=info.attempt,
+                    name=info.name,
+                    state=outcome,
+                    queue=info.queue,
+                    system=info.system,
+                    parent_job_id=info.parent_job_id,
+                    root_job_id=info.root_job_id,
+                    depth=info.depth,
+                    trace_id=info.trace_id,
+                    span_id=info.span_id,
+                    items=dict(job.items),
+                    progress=job.progress,
+                    error_type=error_type,
+                    error_message=message,
+                    reason=reason,
+                    host=_HOST,
+                    pid=os.getpid(),
+                    finished_at=finished,
+                    heartbeat_at=finished,
+                )
+            )
+        flush_now = self.flush if self.flush is not None else settings.flush_on_job_end
+        if flush_now or (flush_now is None and in_forked_child()):
+            flush(settings.flush_timeout)
+
+    def _decide_retry(self, error: BaseException) -> bool:
+        decision = self.will_retry
+        if callable(decision):
+            try:
+                return bool(decision(error))
+            except Exception:
+                logger.warning("jobtrace: will_retry of job %s raised", self.name, exc_info=True)
+                return False
+        return bool(decision)
+
+    def _metric_attributes(self, outcome: JobState | None = None) -> dict[str, str]:
+        attributes = {semconv.JOB_NAME: self.name}
+        if self.queue is not None:
+            attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
+        if outcome is not None:
+            attributes[semconv.JOB_OUTCOME] = outcome.value
+        return attributes
+
+    def _detach(self) -> None:
+        job_token, self._job_token = self._job_token, None
+        context_token, self._context_token = self._context_token, None
+        if job_token is not None:
+            try:
+                current._current.reset(job_token)
+            except ValueError:  # finished in another context than it started in
+                current._current.set(None)
+        if context_token is not None:
+            try:
+                otel_context.detach(context_token)  # type: ignore[arg-type]
+            except Exception:
+                logger.debug("jobtrace: detaching the job context failed", exc_info=True)
+
+    def retry_metadata(self) -> dict[str, str]:
+        """Keys to add to the job's metadata for its next attempt, so that attempt links back."""
+        if self.info is None:
+            return {}
+        span_context = trace.SpanContext(
+            int(self.info.trace_id, 16), int(self.info.span_id, 16), is_remote=True
+        )
+        return retry_metadata(span_context, self.info.attempt + 1)
+
+    # -- context managers -----------------------------------------------------------------------
+
+    def __enter__(self) -> JobRun:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(exc)
+
+    async def __aenter__(self) -> JobRun:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(exc)
+
+
+def _parent_and_links(
+    incoming: Incoming, relationship: Relationship
+) -> tuple[otel_context.Context | None, list[Link]]:
+    """The context the job span starts under, and its links, for the producer's relationship."""
+    links: list[Link] = []
+    if incoming.previous_span is not None:
+        links.append(Link(incoming.previous_span, {semconv.LINK_TYPE: "previous_attempt"}))
+    received = incoming.context
+    if relationship == "none":
+        return otel_context.Context(), links
+    if received is None:
+        return None, links  # no trace context came: start under whatever is current
+    if relationship == "link":
+        producer = trace.get_current_span(received).get_span_context()
+        if producer.is_valid:
+            links.insert(0, Link(producer, {semconv.LINK_TYPE: "producer"}))
+        # A new trace that keeps the baggage.
+        return trace.set_span_in_context(INVALID_SPAN, received), links
+    return received, links
+
+
+def _outcome(job: current.ActiveJob, error: BaseException | None, will_retry: bool) -> JobState:
+    if job.outcome is not None:
+        return job.outcome
+    if error is None:
+        return JobState.SUCCEEDED
+    if isinstance(error, asyncio.CancelledError):
+        return JobState.CANCELLED
+    return JobState.RETRYING if will_retry else JobState.FAILED
+
+
+def trace_job(
+    metadata: object,
+    *,
+    name: str,
+    job_id: str | None = None,
+    queue: str | None = None,
+    attempt: int | None = None,
+    system: str = "jobtrace",
+    args: Any = None,
+    will_retry: RetryDecision = False,
+    flush: bool | None = None,
+) -> JobRun:
+    """Trace one run of a job: use the result as ``with`` or ``async with`` around the job's body.
+
+    Args:
+        metadata: The job's metadata as it came off the queue (anything: malformed is tolerated).
+        name: The job's name.
+        job_id: The queue's id for the job; else the metadata's, else a new one.
+        queue: The queue the job came from.
+        attempt: Which attempt this is, from 1; else the metadata's, else 1.
+        system: The queue system's name, for ``messaging.system``.
+        args: The job's arguments, recorded redacted and truncated.
+        will_retry: Whether a failure will be retried, or a function of the exception deciding it.
+        flush: Flush telemetry when the job ends; by default only in forked processes.
+    """
+    return JobRun(
+        metadata,
+        name=name,
+        job_id=job_id,
+        queue=queue,
+        attempt=attempt,
+        system=system,
+        args=args,
+        will_retry=will_retry,
+        flush=flush,
+    )
+
+
+@overload
+def wrap_job(
+    func: Callable[P, Awaitable[R]], *, name: str | None = None, queue: str | None = None
+) -> Callable[Concatenate[object, P], Awaitable[R]]: ...
+
+
+@overload
+def wrap_job(
+    func: Callable[P, R], *, name: str | None = None, queue: str | None = None
+) -> Callable[Concatenate[object, P], R]: ...
+
+
+def wrap_job(
+    func: Callable[P, Any], *, name: str | None = None, queue: str | None = None
+) -> Callable[Concatenate[object, P], Any]:
+    """Wrap a job function, sync or async, so each call runs as a traced job.
+
+    The wrapped function takes the job's metadata first, then the function's own arguments, which
+    are recorded (redacted) on the span.
+    """
+    job_name = name or getattr(func, "__qualname__", repr(func))
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def run_async(metadata: object, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+            async with trace_job(
+                metadata, name=job_name, queue=queue, args=_call_args(args, kwargs)
+            ):
+                return await func(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(func)
+    def run(metadata: object, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+        with trace_job(metadata, name=job_name, queue=queue, args=_call_args(args, kwargs)):
+            return func(*args, **kwargs)
+
+    return run
+
+
+def _call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """Keyword arguments alone when there are no positional ones: the common, readable case."""
+    if not args:
+        return dict(kwargs)
+    if not kwargs:
+        return list(args)
+    return {"args": list(args), "kwargs": dict(kwargs)}

@@ -1,0 +1,184 @@
+"""The job running in the current context, and the fields API that writes onto it.
+
+A :class:`ActiveJob` lives in a :class:`~contextvars.ContextVar`, so threads and asyncio tasks each
+see their own job. Every public function here is a silent no-op outside a job, so library code can
+call it unconditionally.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.trace import Span
+from opentelemetry.util.types import AttributeValue
+
+from jobtrace._internal import records, semconv
+from jobtrace._internal.config import get_settings
+from jobtrace._internal.records import JobRecord, JobState
+
+ITEM_KINDS = ("total", "processed", "failed", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """Who the running job is: its identity and its place in the pipeline."""
+
+    job_id: str
+    name: str
+    queue: str | None
+    attempt: int
+    parent_job_id: str | None
+    root_job_id: str
+    depth: int
+    system: str
+    trace_id: str
+    span_id: str
+
+
+@dataclass(slots=True)
+class ActiveJob:
+    """Mutable state of one running job; shared by the threads that copied its context."""
+
+    info: JobInfo
+    span: Span
+    started_at: float
+    items: dict[str, int] = field(default_factory=dict)
+    progress: float | None = None
+    outcome: JobState | None = None
+    reason: str | None = None
+    enqueued_children: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_current: ContextVar[ActiveJob | None] = ContextVar("jobtrace_current_job", default=None)
+
+
+def active_job() -> ActiveJob | None:
+    """The running job's state, or ``None`` outside a job."""
+    return _current.get()
+
+
+def current_job() -> JobInfo | None:
+    """The running job's identity, or ``None`` outside a job."""
+    job = _current.get()
+    return None if job is None else job.info
+
+
+def _limit(value: AttributeValue) -> AttributeValue:
+    limit = get_settings().max_attribute_length
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "…"
+    return value
+
+
+def set_attribute(key: str, value: AttributeValue) -> None:
+    """Set a custom attribute on the current job's span (``user.email``, ``crm.status``, ...)."""
+    job = _current.get()
+    if job is not None:
+        job.span.set_attribute(key, _limit(value))
+
+
+def set_attributes(attributes: Mapping[str, AttributeValue]) -> None:
+    """Set several custom attributes on the current job's span."""
+    job = _current.get()
+    if job is not None:
+        job.span.set_attributes({key: _limit(value) for key, value in attributes.items()})
+
+
+def count(
+    *,
+    processed: int = 0,
+    failed: int = 0,
+    skipped: int = 0,
+    total: int | None = None,
+) -> None:
+    """Add to the current job's item counts; ``total`` sets the expected number of items.
+
+    The counts land on the span as ``jobtrace.items.*`` and in the lineage store when the job ends.
+    """
+    job = _current.get()
+    if job is None:
+        return
+    with job.lock:
+        items = job.items
+        for kind, amount in (("processed", processed), ("failed", failed), ("skipped", skipped)):
+            if amount:
+                items[kind] = items.get(kind, 0) + amount
+        if total is not None:
+            items["total"] = total
+
+
+def progress(done: float, total: float | None = None) -> None:
+    """Report progress as ``done`` of ``total`` (or a fraction in [0, 1] when ``total`` is omitted).
+
+    Adds a progress event to the span and tells the lineage store, so a job that keeps reporting
+    progress is never taken for stuck.
+    """
+    job = _current.get()
+    if job is None:
+        return
+    fraction = done / total if total else done
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    job.progress = fraction
+    event: dict[str, AttributeValue] = {"done": done}
+    if total is not None:
+        event["total"] = total
+    job.span.add_event(semconv.EVENT_PROGRESS, event)
+    if records.has_sinks():
+        info = job.info
+        records.emit(
+            JobRecord(
+                kind="heartbeat",
+                job_id=info.job_id,
+                attempt=info.attempt,
+                name=info.name,
+                state=JobState.RUNNING,
+                progress=fraction,
+                heartbeat_at=time.time(),
+            )
+        )
+
+
+def add_event(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+    """Add a timestamped event to the current job's span."""
+    job = _current.get()
+    if job is not None:
+        job.span.add_event(name, attributes)
+
+
+def record_error(error: BaseException, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+    """Record an error the job handled and went on from (an item that failed, say).
+
+    The span keeps its status: only the job's own failure marks it as an error.
+    """
+    job = _current.get()
+    if job is not None:
+        job.span.record_exception(error, attributes)
+
+
+def _set_outcome(outcome: JobState, reason: str | None) -> None:
+    job = _current.get()
+    if job is None:
+        return
+    job.outcome = outcome
+    job.reason = reason
+
+
+def skip(reason: str | None = None) -> None:
+    """Mark the current job as skipped: it ran and chose to do nothing."""
+    _set_outcome(JobState.SKIPPED, reason)
+
+
+def cancel(reason: str | None = None) -> None:
+    """Mark the current job as cancelled."""
+    _set_outcome(JobState.CANCELLED, reason)
+
+
+def discard(reason: str) -> None:
+    """Mark the current job as discarded: it will not be retried, for ``reason``."""
+    _set_outcome(JobState.DISCARDED, reason)

@@ -1,0 +1,230 @@
+"""The enqueue side: a PRODUCER span per job sent, and the metadata the job carries to its worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import MutableMapping
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from jobtrace._internal import records, semconv
+from jobtrace._internal.config import Relationship, Settings, get_settings
+from jobtrace._internal.current import active_job
+from jobtrace._internal.metadata import write_lineage
+from jobtrace._internal.records import JobRecord, JobState
+from jobtrace._internal.redaction import args_text
+from jobtrace._internal.telemetry import tracer
+
+logger = logging.getLogger("jobtrace")
+
+
+def new_job_id() -> str:
+    """A fresh job id for queues that have none of their own."""
+    return uuid.uuid4().hex
+
+
+class Enqueue:
+    """One job being sent: a ``send <job name>`` PRODUCER span and the metadata to carry.
+
+    Use it as a context manager around the call that hands the job to the queue, so the span
+    covers the send and records its failure; or call :meth:`start` and :meth:`end` from a
+    framework's before/after hooks. :func:`prepare_enqueue` is the one-line form.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        args: Any = None,
+        relationship: Relationship | None = None,
+        delay: float | None = None,
+        system: str = "jobtrace",
+        carrier: MutableMapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.job_id = job_id or new_job_id()
+        self.args = args
+        self.requested_relationship = relationship
+        self.delay = delay
+        self.system = system
+        self.metadata: MutableMapping[str, Any] = {} if carrier is None else carrier
+        self.relationship: Relationship = "child"
+        self._span: trace.Span | None = None
+
+    def start(self) -> MutableMapping[str, Any]:
+        """Start the span and write the metadata; returns the metadata (the carrier, if given)."""
+        try:
+            self._start()
+        except Exception:
+            logger.warning("jobtrace: preparing job %s failed", self.name, exc_info=True)
+        return self.metadata
+
+    def _start(self) -> None:
+        settings = get_settings()
+        parent = active_job()
+        now = time.time()
+        if parent is not None:
+            with parent.lock:
+                parent.enqueued_children += 1
+                fanout = parent.enqueued_children
+            parent_job_id: str | None = parent.info.job_id
+            root_job_id = parent.info.root_job_id
+            depth = parent.info.depth + 1
+        else:
+            fanout = 0
+            parent_job_id = None
+            root_job_id = self.job_id
+            depth = 0
+        self.relationship = _choose_relationship(
+            settings, self.name, self.requested_relationship, fanout, self.delay
+        )
+        attributes: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: self.system,
+            semconv.MESSAGING_OPERATION_TYPE: "send",
+            semconv.MESSAGING_OPERATION_NAME: "send",
+            semconv.MESSAGING_MESSAGE_ID: self.job_id,
+            semconv.JOB_ID: self.job_id,
+            semconv.JOB_NAME: self.name,
+            semconv.JOB_ROOT_ID: root_job_id,
+            semconv.JOB_DEPTH: depth,
+            semconv.RELATIONSHIP: self.relationship,
+        }
+        if self.queue is not None:
+            attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
+        if parent_job_id is not None:
+            attributes[semconv.JOB_PARENT_ID] = parent_job_id
+        if self.delay:
+            attributes[semconv.JOB_DELAY] = self.delay
+        recorded_args = args_text(settings, self.args)
+        if recorded_args is not None:
+            attributes[semconv.JOB_ARGS] = recorded_args
+        span = tracer().start_span(
+            f"send {self.name}", kind=SpanKind.PRODUCER, attributes=attributes
+        )
+        self._span = span
+        if self.relationship != "none":
+            propagate.inject(self.metadata, context=trace.set_span_in_context(span))
+        write_lineage(
+            self.metadata,
+            job_id=self.job_id,
+            parent_job_id=parent_job_id,
+            root_job_id=root_job_id,
+            depth=depth,
+            enqueued_at=now,
+            relationship=self.relationship,
+        )
+        if records.has_sinks():
+            span_context = span.get_span_context()
+            records.emit(
+                JobRecord(
+                    kind="enqueued",
+                    job_id=self.job_id,
+                    attempt=1,
+                    name=self.name,
+                    state=JobState.QUEUED,
+                    queue=self.queue,
+                    system=self.system,
+                    parent_job_id=parent_job_id,
+                    root_job_id=root_job_id,
+                    depth=depth,
+                    trace_id=f"{span_context.trace_id:032x}",
+                    args=recorded_args,
+                    enqueued_at=now,
+                )
+            )
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span; an ``error`` (the send failed) marks it as an error."""
+        span, self._span = self._span, None
+        if span is None:
+            return
+        try:
+            if error is not None:
+                span.record_exception(error)
+                span.set_attribute(semconv.ERROR_TYPE, semconv.error_type(error))
+                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+            span.end()
+        except Exception:
+            logger.warning("jobtrace: ending the send span of %s failed", self.name, exc_info=True)
+
+    def __enter__(self) -> Enqueue:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end(exc)
+
+
+def prepare_enqueue(
+    name: str,
+    *,
+    queue: str | None = None,
+    job_id: str | None = None,
+    args: Any = None,
+    relationship: Relationship | None = None,
+    delay: float | None = None,
+    system: str = "jobtrace",
+) -> dict[str, str]:
+    """Prepare the metadata of a job about to be enqueued.
+
+    Records a ``send <name>`` PRODUCER span and returns the metadata to store with the job: trace
+    context through the globally configured propagator, and the lineage keys of
+    ``docs/metadata.md``. The job id is under ``"jobtrace-job-id"``.
+
+    Args:
+        name: The job's name (its task or function name).
+        queue: The queue it goes to.
+        job_id: The queue's own id for the job, when it has one; otherwise one is made.
+        args: The job's arguments, recorded redacted and truncated.
+        relationship: ``child``, ``link`` or ``none`` for this job, over the configured policy.
+        delay: Seconds until the job may run, when it is scheduled for later.
+        system: The queue system's name, for ``messaging.system``.
+    """
+    metadata: dict[str, str] = {}
+    enqueue = Enqueue(
+        name,
+        queue=queue,
+        job_id=job_id,
+        args=args,
+        relationship=relationship,
+        delay=delay,
+        system=system,
+        carrier=metadata,
+    )
+    enqueue.start()
+    enqueue.end()
+    return metadata
+
+
+def _choose_relationship(
+    settings: Settings,
+    name: str,
+    requested: Relationship | None,
+    fanout: int,
+    delay: float | None,
+) -> Relationship:
+    """The caller's choice wins; a configured ``child`` turns into ``link`` for huge or late fan-out."""
+    if requested is not None:
+        return requested
+    relationship = settings.relationship_for(name)
+    if relationship != "child":
+        return relationship
+    if settings.link_after_fanout is not None and fanout > settings.link_after_fanout:
+        return "link"
+    if settings.link_after_delay is not None and delay is not None:
+        if delay > settings.link_after_delay:
+            return "link"
+    return relationship
