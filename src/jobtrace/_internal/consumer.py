@@ -23,7 +23,7 @@ from jobtrace._internal.config import Relationship, get_settings
 from jobtrace._internal.metadata import Incoming, read_metadata, retry_metadata
 from jobtrace._internal.producer import new_job_id
 from jobtrace._internal.records import JobRecord, JobState
-from jobtrace._internal.redaction import args_text
+from jobtrace._internal.redaction import args_text, call_args
 from jobtrace._internal.telemetry import flush, in_forked_child, instruments, tracer
 
 logger = logging.getLogger("jobtrace")
@@ -444,7 +444,7 @@ def wrap_job(
         @functools.wraps(func)
         async def run_async(metadata: object, /, *args: P.args, **kwargs: P.kwargs) -> Any:
             async with trace_job(
-                metadata, name=job_name, queue=queue, args=_call_args(args, kwargs)
+                metadata, name=job_name, queue=queue, args=call_args(args, kwargs)
             ):
                 return await func(*args, **kwargs)
 
@@ -452,16 +452,7 @@ def wrap_job(
 
     @functools.wraps(func)
     def run(metadata: object, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-        with trace_job(metadata, name=job_name, queue=queue, args=_call_args(args, kwargs)):
+        with trace_job(metadata, name=job_name, queue=queue, args=call_args(args, kwargs)):
             return func(*args, **kwargs)
 
     return run
-
-
-def _call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    """Keyword arguments alone when there are no positional ones: the common, readable case."""
-    if not args:
-        return dict(kwargs)
-    if not kwargs:
-        return list(args)
-    return {"args": list(args), "kwargs": dict(kwargs)}

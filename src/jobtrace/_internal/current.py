@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
-from jobtrace._internal import records, semconv
+from jobtrace._internal import records, semconv, telemetry
 from jobtrace._internal.config import get_settings
 from jobtrace._internal.records import JobRecord, JobState
 
@@ -182,3 +183,14 @@ def cancel(reason: str | None = None) -> None:
 def discard(reason: str) -> None:
     """Mark the current job as discarded: it will not be retried, for ``reason``."""
     _set_outcome(JobState.DISCARDED, reason)
+
+
+@contextmanager
+def section(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Iterator[Span]:
+    """A span for one part of a job (a section, one user, one page), nested under the job's span.
+
+    An exception is recorded on the section's span and re-raised. Works outside a job too, as a
+    plain span under whatever is current.
+    """
+    with telemetry.tracer().start_as_current_span(name, attributes=attributes) as span:
+        yield span

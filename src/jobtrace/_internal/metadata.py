@@ -205,6 +205,10 @@ def read_metadata(metadata: object, *, job_description: str) -> Incoming:
                 # Keep what else it carried (baggage), without a parent span.
                 kept = {k: v for k, v in carrier.items() if k not in fields or k == "baggage"}
                 context = propagate.extract(kept, getter=_getter)
+    version = carrier.get(KEY_VERSION)
+    if version is not None and version.split(".", 1)[0] != VERSION:
+        problems.append(f"{KEY_VERSION} {version!r} is not a version this jobtrace understands")
+        carrier = {k: v for k, v in carrier.items() if not _is_ours(k)}
     relationship = carrier.get(KEY_RELATIONSHIP)
     if relationship is not None and relationship not in RELATIONSHIPS:
         problems.append(f"{KEY_RELATIONSHIP} is not one of {sorted(RELATIONSHIPS)}")
@@ -213,9 +217,6 @@ def read_metadata(metadata: object, *, job_description: str) -> Incoming:
     previous_span = parse_span_ref(previous)
     if previous is not None and previous_span is None:
         problems.append(f"{KEY_PREVIOUS_SPAN} is malformed")
-    version = carrier.get(KEY_VERSION)
-    if version is not None and version.split(".", 1)[0] != VERSION:
-        problems.append(f"{KEY_VERSION} {version!r} is newer than this jobtrace understands")
     incoming = Incoming(
         context=context,
         job_id=_read_id(carrier, KEY_JOB_ID, problems),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobtrace._internal.config import Settings
@@ -70,3 +70,12 @@ def args_text(settings: Settings, args: Any) -> str | None:
     if args is None or not settings.record_args:
         return None
     return redact_args(args, redact_keys=settings.redact_keys, max_length=settings.max_args_length)
+
+
+def call_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """A call's arguments as recorded: keyword arguments alone when there are no positional ones."""
+    if not args:
+        return dict(kwargs)
+    if not kwargs:
+        return list(args)
+    return {"args": list(args), "kwargs": dict(kwargs)}

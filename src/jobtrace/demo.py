@@ -1,0 +1,225 @@
+"""``jobtrace demo``: the cinema scraper of scenario 1, run on the local queue.
+
+A SyncJob fans out to MoviePageJobs; each page spawns a MovieDetailJob and ShowtimeProcessJobs. Some
+pages are scheduled for later and never run, detail jobs of some pages go to a queue that no worker
+serves (the stuck stage), and a fraction of showtime jobs are discarded with ``movie_not_ready``
+(the failing stage). Counts are random unless given. Everything lands in one trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.trace import SpanKind, StatusCode
+
+import jobtrace
+from jobtrace.local import LocalQueue
+
+LATER = 6 * 3600.0  # "scheduled for tonight's second pass": never reached in the demo
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's shape; every count is chosen at random when not given."""
+
+    pages: int
+    showtimes: int
+    unrun_pages: int
+    stuck_rate: float
+    fail_rate: float
+    workers: int
+    seed: int
+
+
+class JobSpanCounter(SpanProcessor):
+    """Counts finished job spans per job name, failures, and the traces they belong to."""
+
+    def __init__(self) -> None:
+        self.spans: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.traces: set[str] = set()
+        self._lock = threading.Lock()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.kind is not SpanKind.CONSUMER or span.context is None:
+            return
+        name = str((span.attributes or {}).get("jobtrace.job.name", span.name))
+        with self._lock:
+            self.spans[name] += 1
+            if span.status.status_code is StatusCode.ERROR:
+                self.failures[name] += 1
+            self.traces.add(f"{span.context.trace_id:032x}")
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+@dataclass
+class Cinema:
+    """The pipeline's jobs, bound to one queue and one set of options."""
+
+    queue: LocalQueue
+    options: DemoOptions
+    rng: random.Random
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sync_job(self, source: str) -> None:
+        """Schedules one page job per movie; the last few wait for a later pass."""
+        pages = self.options.pages
+        jobtrace.count(total=pages)
+        jobtrace.set_attribute("cinema.source", source)
+        for number in range(pages):
+            later = number >= pages - self.options.unrun_pages
+            self.queue.enqueue(
+                self.movie_page_job,
+                name="MoviePageJob",
+                queue="pages",
+                delay=LATER if later else None,
+                movie_id=f"{source}-{number:04d}",
+            )
+            jobtrace.count(processed=1)
+
+    def movie_page_job(self, movie_id: str) -> None:
+        """Spawns the movie's detail job and its showtime jobs."""
+        with self.lock:
+            stuck = self.rng.random() < self.options.stuck_rate
+            showtimes = max(1, int(self.rng.gauss(self.options.showtimes, 2)))
+        self.queue.enqueue(
+            self.movie_detail_job,
+            name="MovieDetailJob",
+            queue="details-legacy" if stuck else "details",
+            movie_id=movie_id,
+        )
+        for number in range(showtimes):
+            self.queue.enqueue(
+                self.showtime_process_job,
+                name="ShowtimeProcessJob",
+                queue="showtimes",
+                movie_id=movie_id,
+                showtime=number,
+            )
+        jobtrace.count(total=showtimes + 1, processed=showtimes + 1)
+
+    def movie_detail_job(self, movie_id: str) -> None:
+        """Fetches the movie's details (here: a short sleep)."""
+        time.sleep(0.001)
+        jobtrace.set_attribute("movie.id", movie_id)
+
+    def showtime_process_job(self, movie_id: str, showtime: int) -> None:
+        """Stores one showtime; discarded when its movie is not ready yet."""
+        with self.lock:
+            not_ready = self.rng.random() < self.options.fail_rate
+        if not_ready:
+            jobtrace.discard("movie_not_ready")
+            return
+        jobtrace.count(processed=1)
+
+
+def parse_options(argv: Sequence[str] | None) -> tuple[DemoOptions, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="jobtrace demo", description="Run the cinema-scraper pipeline on the local queue."
+    )
+    parser.add_argument("--pages", type=int, help="MoviePageJobs the SyncJob schedules")
+    parser.add_argument("--showtimes", type=int, help="average ShowtimeProcessJobs per page")
+    parser.add_argument("--unrun-pages", type=int, help="pages scheduled for later (never run)")
+    parser.add_argument("--stuck-rate", type=float, help="share of detail jobs on a dead queue")
+    parser.add_argument("--fail-rate", type=float, help="share of showtime jobs discarded")
+    parser.add_argument("--workers", type=int, default=4, help="worker threads per queue")
+    parser.add_argument("--seed", type=int, help="random seed (printed, to replay a run)")
+    parser.add_argument("--database-url", help="lineage store (default: JOBTRACE_DATABASE_URL)")
+    parser.add_argument("--no-store", action="store_true", help="do not record lineage")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    rng = random.Random(seed)
+    pages = args.pages if args.pages is not None else rng.randint(20, 60)
+    options = DemoOptions(
+        pages=pages,
+        showtimes=args.showtimes if args.showtimes is not None else rng.randint(3, 9),
+        unrun_pages=min(
+            pages, args.unrun_pages if args.unrun_pages is not None else rng.randint(1, pages // 3)
+        ),
+        stuck_rate=args.stuck_rate if args.stuck_rate is not None else rng.uniform(0.2, 0.6),
+        fail_rate=args.fail_rate if args.fail_rate is not None else rng.uniform(0.1, 0.4),
+        workers=max(1, args.workers),
+        seed=seed,
+    )
+    return options, args
+
+
+def run_demo(
+    options: DemoOptions, *, record: bool = True, database_url: str | None = None
+) -> tuple[str, JobSpanCounter]:
+    """Run the pipeline to the end; returns the SyncJob's id and the span counts."""
+    jobtrace.configure(
+        service_name="jobtrace-demo", console=False, record=record, database_url=database_url
+    )
+    counter = JobSpanCounter()
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.add_span_processor(counter)
+    workers = options.workers
+    queue = LocalQueue(
+        {"sync": 1, "pages": workers, "details": workers, "details-legacy": 0, "showtimes": workers}
+    )
+    cinema = Cinema(queue, options, random.Random(options.seed))
+    root_id = queue.enqueue(cinema.sync_job, name="SyncJob", queue="sync", source="cinema-demo")
+    queue.join()
+    queue.shutdown()
+    jobtrace.flush(10.0)
+    return root_id, counter
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobtrace demo``."""
+    options, args = parse_options(argv)
+    out = sys.stdout
+    out.write(
+        f"jobtrace demo (seed {options.seed}): {options.pages} pages, ~{options.showtimes}"
+        f" showtimes each, {options.unrun_pages} pages for later,"
+        f" {options.stuck_rate:.0%} details on a dead queue,"
+        f" {options.fail_rate:.0%} showtimes not ready\n"
+    )
+    root_id, counter = run_demo(options, record=not args.no_store, database_url=args.database_url)
+    traces = sorted(counter.traces)
+    out.write(f"\nroot job: {root_id}\n")
+    out.write(f"trace id: {', '.join(traces) or '(not sampled)'}\n")
+    out.write(f"traces:   {len(traces)} (one per pipeline run)\n\n")
+    width = max([len(name) for name in counter.spans] + [8])
+    out.write(f"{'job':<{width}}  {'spans':>6}  {'failures':>8}\n")
+    for name in ("SyncJob", "MoviePageJob", "MovieDetailJob", "ShowtimeProcessJob"):
+        out.write(f"{name:<{width}}  {counter.spans[name]:>6}  {counter.failures[name]:>8}\n")
+    if not args.no_store:
+        out.write("\n")
+        out.flush()
+        _print_tree(root_id, args.database_url)
+    return 0
+
+
+def _print_tree(root_id: str, database_url: str | None) -> None:
+    """The lineage view of the same run, from the store."""
+    from jobtrace.lineage.recorder import get_recorder
+
+    recorder = get_recorder()
+    if recorder is not None:
+        recorder.flush(10.0)
+    from jobtrace.cli import main as cli_main
+
+    url_args = ["--database-url", database_url] if database_url else []
+    cli_main([*url_args, "tree", root_id])
+    cli_main([*url_args, "stats", root_id])
