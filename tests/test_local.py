@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import pytest
+from jobtrace.testing import capture_telemetry
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -13,7 +15,6 @@ import jobtrace
 from jobtrace._internal import records
 from jobtrace._internal.records import JobRecord, JobState
 from jobtrace.local import LocalQueue
-from jobtrace.testing import capture_telemetry
 
 
 def _process_spans(spans: list[ReadableSpan], name: str) -> list[ReadableSpan]:
@@ -32,7 +33,7 @@ def test_pipeline_runs_in_one_trace() -> None:
                 queue.enqueue(leaf, n=i)
 
         def root() -> None:
-            for n in range(3):
+            for _ in range(3):
                 queue.enqueue(middle, n=2)
 
         queue.enqueue(root)
@@ -69,13 +70,14 @@ def test_retries_run_again_with_linked_attempts() -> None:
         "retrying",
         "succeeded",
     ]
-    for previous, following in zip(attempts, attempts[1:]):
+    for previous, following in itertools.pairwise(attempts):
         assert [link.context.span_id for link in following.links] == [previous.context.span_id]
     assert queue.completed == 1
 
 
 def test_final_failure_is_counted_and_marked() -> None:
     """After the last attempt the job fails with ERROR status and the queue counts it."""
+
     def broken() -> None:
         raise ValueError("no")
 
@@ -112,6 +114,7 @@ def test_delayed_jobs_run_when_due() -> None:
 
 def test_async_jobs_run() -> None:
     """Coroutine functions run on the worker thread in their own event loop, traced."""
+
     async def fetch(n: int) -> int:
         await asyncio.sleep(0)
         jobtrace.set_attribute("fetched", n)

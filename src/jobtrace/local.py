@@ -113,7 +113,7 @@ class LocalQueue:
         """
         if self._closed:
             raise RuntimeError("this LocalQueue is shut down")
-        job_name = name or getattr(func, "__name__", repr(func))
+        job_name = name or str(getattr(func, "__name__", repr(func)))
         recorded = call_args(args, kwargs)
         metadata: dict[str, Any] = {}
         with Enqueue(

@@ -7,6 +7,7 @@ and ``JOBTRACE_DATABASE_URL`` from its environment); the test reads the spans ba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -133,7 +134,9 @@ class Worker:
         )
 
     @classmethod
-    def python(cls, *args: str, env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> Worker:
+    def python(
+        cls, *args: str, env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+    ) -> Worker:
         """A worker started as ``python <args>`` with this interpreter."""
         return cls([sys.executable, *args], env=env, log_path=log_path, cwd=cwd)
 
@@ -144,10 +147,8 @@ class Worker:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the worker's process group (warm shutdown), SIGKILL it if it lingers."""
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextvars import Token
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
@@ -94,7 +94,9 @@ class JobRun:
         attempt = self.attempt or incoming.attempt or 1
         relationship: Relationship = incoming.relationship or "child"
         parent_context, links = _parent_and_links(incoming, relationship)
-        depth = incoming.depth if incoming.depth is not None else (1 if incoming.parent_job_id else 0)
+        depth = (
+            incoming.depth if incoming.depth is not None else (1 if incoming.parent_job_id else 0)
+        )
         root_job_id = incoming.root_job_id or job_id
         now = time.time()
         attributes: dict[str, Any] = {
@@ -244,7 +246,9 @@ class JobRun:
             attributes[semconv.ERROR_TYPE] = error_type
             span.set_status(Status(StatusCode.ERROR, reason))
         if outcome in (JobState.DISCARDED, JobState.CANCELLED, JobState.SKIPPED):
-            span.add_event(semconv.EVENT_OUTCOME, {"outcome": outcome.value, "reason": reason or ""})
+            span.add_event(
+                semconv.EVENT_OUTCOME, {"outcome": outcome.value, "reason": reason or ""}
+            )
         span.set_attributes(attributes)
         span.end()
         finished = time.time()
@@ -437,7 +441,7 @@ def wrap_job(
     The wrapped function takes the job's metadata first, then the function's own arguments, which
     are recorded (redacted) on the span.
     """
-    job_name = name or getattr(func, "__qualname__", repr(func))
+    job_name = name or str(getattr(func, "__qualname__", repr(func)))
 
     if inspect.iscoroutinefunction(func):
 

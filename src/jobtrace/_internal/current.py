@@ -13,7 +13,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
 
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
@@ -152,7 +151,9 @@ def add_event(name: str, attributes: Mapping[str, AttributeValue] | None = None)
         job.span.add_event(name, attributes)
 
 
-def record_error(error: BaseException, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+def record_error(
+    error: BaseException, attributes: Mapping[str, AttributeValue] | None = None
+) -> None:
     """Record an error the job handled and went on from (an item that failed, say).
 
     The span keeps its status: only the job's own failure marks it as an error.

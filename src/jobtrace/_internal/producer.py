@@ -224,7 +224,10 @@ def _choose_relationship(
         return relationship
     if settings.link_after_fanout is not None and fanout > settings.link_after_fanout:
         return "link"
-    if settings.link_after_delay is not None and delay is not None:
-        if delay > settings.link_after_delay:
-            return "link"
+    if (
+        settings.link_after_delay is not None
+        and delay is not None
+        and delay > settings.link_after_delay
+    ):
+        return "link"
     return relationship
