@@ -16,7 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from jobtrace._internal import current, records, semconv
 from jobtrace._internal.config import Relationship, get_settings
@@ -42,6 +42,11 @@ class JobRun:
     Use it as ``with`` or ``async with`` around the job's body; an exception is recorded and
     re-raised unchanged. Frameworks whose hooks split the run in two call :meth:`start` and
     :meth:`finish` instead (in the same thread and context).
+
+    ``span`` adopts a span another instrumentation already started for this run (the
+    ``opentelemetry-instrumentation-celery`` one, say) instead of starting a second one: jobtrace
+    sets its attributes, links and outcome on it and records the lineage, and leaves recording
+    the exception and ending the span to its owner.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class JobRun:
         args: Any = None,
         will_retry: RetryDecision = False,
         flush: bool | None = None,
+        span: Span | None = None,
     ) -> None:
         self.metadata = metadata
         self.name = name
@@ -66,6 +72,7 @@ class JobRun:
         self.args = args
         self.will_retry = will_retry
         self.flush = flush
+        self.adopted_span = span
         self.state: JobState | None = None
         self.info: current.JobInfo | None = None
         self._job: current.ActiveJob | None = None
@@ -122,13 +129,19 @@ class JobRun:
         recorded_args = args_text(settings, self.args)
         if recorded_args is not None:
             attributes[semconv.JOB_ARGS] = recorded_args
-        span = tracer().start_span(
-            f"process {self.name}",
-            context=parent_context,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-        )
+        span = self.adopted_span
+        if span is None:
+            span = tracer().start_span(
+                f"process {self.name}",
+                context=parent_context,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+                links=links,
+            )
+        else:
+            span.set_attributes(attributes)
+            for link in links:
+                span.add_link(link.context, link.attributes)
         span_context = span.get_span_context()
         self.info = current.JobInfo(
             job_id=job_id,
@@ -231,7 +244,8 @@ class JobRun:
             error_type = semconv.error_type(error)
             message = str(error)[:_MAX_ERROR_MESSAGE]
             attributes[semconv.ERROR_TYPE] = error_type
-            span.record_exception(error, escaped=True)
+            if self.adopted_span is None:
+                span.record_exception(error, escaped=True)
             if outcome is JobState.RETRYING:
                 attributes[semconv.JOB_WILL_RETRY] = True
                 span.add_event(semconv.EVENT_RETRY, {"jobtrace.job.attempt": info.attempt})
@@ -250,7 +264,8 @@ class JobRun:
                 semconv.EVENT_OUTCOME, {"outcome": outcome.value, "reason": reason or ""}
             )
         span.set_attributes(attributes)
-        span.end()
+        if self.adopted_span is None:
+            span.end()
         finished = time.time()
         metric_attributes = self._metric_attributes(outcome)
         metrics = instruments()

@@ -76,14 +76,14 @@ _EMPTY = Incoming(None, None, None, None, None, None, None, None, None)
 
 
 class _StringGetter(Getter[Mapping[str, str]]):
-    """Reads only the sanitised string values; the propagator never sees anything else."""
+    """Reads only the sanitised string values; the propagator never sees anything else.
+
+    Lookups are exact: :func:`read_metadata` has already restored the propagator's spelling of
+    keys whose case a transport folded.
+    """
 
     def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
         value = carrier.get(key)
-        if value is None:
-            # Some carriers (HTTP-like headers) change case; look it up case-insensitively.
-            lowered = key.lower()
-            value = next((v for k, v in carrier.items() if k.lower() == lowered), None)
         return None if value is None else [value]
 
     def keys(self, carrier: Mapping[str, str]) -> list[str]:
@@ -97,19 +97,23 @@ def _sanitise(metadata: object, problems: list[str]) -> dict[str, str]:
     """Only string keys with short string values survive; the rest is noted as a problem."""
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping):
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
         problems.append(f"metadata is a {type(metadata).__name__}, not a mapping")
         return {}
+    fields = _propagation_fields()
     clean: dict[str, str] = {}
     for key, value in metadata.items():
+        if type(value) is str and len(value) <= MAX_VALUE_LENGTH and type(key) is str:
+            clean[key] = value  # the common case, first and cheap
+            continue
         if not isinstance(key, str):
             continue
         if not isinstance(value, str):
-            if _is_ours(key) or key in _propagation_fields():
+            if _is_ours(key) or key.lower() in fields:
                 problems.append(f"{key} is a {type(value).__name__}, not a string")
             continue
         if len(value) > MAX_VALUE_LENGTH:
-            if _is_ours(key) or key in _propagation_fields():
+            if _is_ours(key) or key.lower() in fields:
                 problems.append(f"{key} is {len(value)} characters long")
             continue
         clean[key] = value
@@ -120,8 +124,22 @@ def _is_ours(key: str) -> bool:
     return key.startswith("jobtrace-")
 
 
-def _propagation_fields() -> set[str]:
-    return set(propagate.get_global_textmap().fields)
+# Keys a propagator may write that are not a parent span on their own: a carrier with only these
+# (baggage from a producer that sent no trace context) is not a malformed trace context.
+_NOT_A_PARENT = frozenset({"baggage", "tracestate"})
+_fields_cache: tuple[object, dict[str, str]] | None = None
+
+
+def _propagation_fields() -> dict[str, str]:
+    """The global propagator's keys, lower-cased, to its own spelling; cached per propagator."""
+    global _fields_cache
+    propagator = propagate.get_global_textmap()
+    cached = _fields_cache
+    if cached is not None and cached[0] is propagator:
+        return cached[1]
+    fields = {field.lower(): field for field in propagator.fields}
+    _fields_cache = (propagator, fields)
+    return fields
 
 
 def _read_id(carrier: Mapping[str, str], key: str, problems: list[str]) -> str | None:
@@ -198,12 +216,28 @@ def read_metadata(metadata: object, *, job_description: str) -> Incoming:
     context: Context | None = None
     if carrier:
         fields = _propagation_fields()
-        if any(key in carrier for key in fields):
+        present: list[str] = []
+        folded = False
+        for key in carrier:
+            lowered = key.lower()
+            if lowered in fields:
+                present.append(lowered)
+                folded = folded or fields[lowered] != key
+        if present:
+            if folded:
+                # Some transports (HTTP-like headers) fold case: give the propagator its keys back.
+                carrier = {fields.get(k.lower(), k): v for k, v in carrier.items()}
             context = propagate.extract(carrier, getter=_getter)
-            if not get_current_span(context).get_span_context().is_valid:
+            if not get_current_span(context).get_span_context().is_valid and any(
+                key not in _NOT_A_PARENT for key in present
+            ):
                 problems.append("trace context is malformed")
                 # Keep what else it carried (baggage), without a parent span.
-                kept = {k: v for k, v in carrier.items() if k not in fields or k == "baggage"}
+                kept = {
+                    k: v
+                    for k, v in carrier.items()
+                    if k.lower() not in fields or k.lower() == "baggage"
+                }
                 context = propagate.extract(kept, getter=_getter)
     version = carrier.get(KEY_VERSION)
     if version is not None and version.split(".", 1)[0] != VERSION:

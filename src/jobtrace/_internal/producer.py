@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
-import uuid
 from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
@@ -24,8 +24,12 @@ logger = logging.getLogger("jobtrace")
 
 
 def new_job_id() -> str:
-    """A fresh job id for queues that have none of their own."""
-    return uuid.uuid4().hex
+    """A fresh job id for queues that have none of their own: 32 random hex digits.
+
+    Ids must be unique, not unguessable, so this draws from ``random`` like the SDK's span ids
+    (reseeded in forked children) instead of ``uuid4``'s system call on every enqueue.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 class Enqueue:
@@ -34,6 +38,10 @@ class Enqueue:
     Use it as a context manager around the call that hands the job to the queue, so the span
     covers the send and records its failure; or call :meth:`start` and :meth:`end` from a
     framework's before/after hooks. :func:`prepare_enqueue` is the one-line form.
+
+    ``span`` adopts a send span another instrumentation already started for this job instead of
+    starting a second one: jobtrace sets its attributes on it and writes the metadata, and leaves
+    ending the span to its owner.
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class Enqueue:
         delay: float | None = None,
         system: str = "jobtrace",
         carrier: MutableMapping[str, Any] | None = None,
+        span: trace.Span | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -57,6 +66,7 @@ class Enqueue:
         self.system = system
         self.metadata: MutableMapping[str, Any] = {} if carrier is None else carrier
         self.relationship: Relationship = "child"
+        self.adopted_span = span
         self._span: trace.Span | None = None
 
     def start(self) -> MutableMapping[str, Any]:
@@ -106,12 +116,22 @@ class Enqueue:
         recorded_args = args_text(settings, self.args)
         if recorded_args is not None:
             attributes[semconv.JOB_ARGS] = recorded_args
-        span = tracer().start_span(
-            f"send {self.name}", kind=SpanKind.PRODUCER, attributes=attributes
-        )
+        span = self.adopted_span
+        if span is None:
+            span = tracer().start_span(
+                f"send {self.name}", kind=SpanKind.PRODUCER, attributes=attributes
+            )
+        else:
+            span.set_attributes(attributes)
         self._span = span
         if self.relationship != "none":
-            propagate.inject(self.metadata, context=trace.set_span_in_context(span))
+            try:
+                propagate.inject(self.metadata, context=trace.set_span_in_context(span))
+            except Exception:
+                # A broken propagator costs the trace link, not the lineage keys below.
+                logger.warning(
+                    "jobtrace: injecting trace context into job %s failed", self.name, exc_info=True
+                )
         write_lineage(
             self.metadata,
             job_id=self.job_id,
@@ -144,7 +164,7 @@ class Enqueue:
     def end(self, error: BaseException | None = None) -> None:
         """End the span; an ``error`` (the send failed) marks it as an error."""
         span, self._span = self._span, None
-        if span is None:
+        if span is None or span is self.adopted_span:
             return
         try:
             if error is not None:

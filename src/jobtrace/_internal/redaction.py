@@ -15,22 +15,34 @@ _MAX_ITEMS = 100
 _MAX_STRING = 1000
 
 
+_SCALARS = (bool, int, float, type(None))
+# One encoder for every call: ``json.dumps`` with options builds a new one each time.
+_encoder = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":"))
+
+
 def _clean(value: Any, redact_keys: frozenset[str], level: int) -> Any:
-    if value is None or isinstance(value, (bool, int, float)):
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + TRUNCATED
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, _SCALARS):
         return value
     if isinstance(value, str):
         return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + TRUNCATED
     if level >= _MAX_NESTING:
         return "…"
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):  # skip the slow ABC check for plain dicts
         out: dict[str, Any] = {}
         for index, (key, item) in enumerate(value.items()):
             if index >= _MAX_ITEMS:
                 out["…"] = f"{len(value) - _MAX_ITEMS} more"
                 break
-            name = str(key)
+            name = key if type(key) is str else str(key)
             if is_secret(name, redact_keys):
                 out[name] = REDACTED
+            elif type(item) in _SCALARS:  # the usual argument: no call needed
+                out[name] = item
             else:
                 out[name] = _clean(item, redact_keys, level + 1)
         return out
@@ -45,10 +57,27 @@ def _clean(value: Any, redact_keys: frozenset[str], level: int) -> Any:
     return repr(value)[:200]
 
 
+_secret_cache: dict[frozenset[str], dict[str, bool]] = {}
+_MAX_CACHED_KEYS = 4096
+
+
 def is_secret(key: str, redact_keys: frozenset[str]) -> bool:
-    """Whether an argument named ``key`` must not be recorded (case-insensitive substring)."""
-    lowered = key.lower()
-    return any(secret in lowered for secret in redact_keys)
+    """Whether an argument named ``key`` must not be recorded (case-insensitive substring).
+
+    Jobs pass the same argument names over and over, so answers are cached per key set.
+    """
+    cache = _secret_cache.get(redact_keys)
+    if cache is None:
+        if len(_secret_cache) > 16:
+            _secret_cache.clear()
+        cache = _secret_cache.setdefault(redact_keys, {})
+    found = cache.get(key)
+    if found is None:
+        lowered = key.lower()
+        found = any(secret in lowered for secret in redact_keys)
+        if len(cache) < _MAX_CACHED_KEYS:
+            cache[key] = found
+    return found
 
 
 def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> str:
@@ -58,7 +87,7 @@ def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> s
     caller's to leave out.
     """
     cleaned = _clean(args, redact_keys, 0)
-    text = json.dumps(cleaned, ensure_ascii=False, default=repr, separators=(",", ":"))
+    text = _encoder.encode(cleaned)
     if len(text) > max_length:
         keep = max(0, max_length - len(TRUNCATED))
         text = text[:keep] + TRUNCATED

@@ -188,17 +188,30 @@ def configure(
     if record is None:
         record = os.environ.get("JOBTRACE_RECORD", "1") != "0"
     if record:
-        from jobtrace.lineage.recorder import start_recorder
-
         try:
+            from jobtrace.lineage.recorder import start_recorder
+
             start_recorder(database_url)
         except Exception as error:
             logger.warning("jobtrace: lineage recording is off: %s", error)
 
 
+_sqlalchemy_instrumented = False
+
+
 def _instrument_sqlalchemy() -> None:
+    global _sqlalchemy_instrumented
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     instrumentor = SQLAlchemyInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
+    if _sqlalchemy_instrumented or instrumentor.is_instrumented_by_opentelemetry:
+        return
+    _sqlalchemy_instrumented = True
+    try:
+        # Its declared range ends below SQLAlchemy 2.1, which jobtrace supports and it traces
+        # fine; with the check it would log an error and instrument nothing.
+        instrumentor.instrument(skip_dep_check=True)
+    except ImportError as error:
+        # It patches ``create_async_engine`` last, and importing ``sqlalchemy.ext.asyncio`` needs
+        # greenlet (optional since SQLAlchemy 2.1): by then the sync engine hooks are in place.
+        logger.info("jobtrace: async SQLAlchemy engines are not traced: %s", error)

@@ -1,0 +1,149 @@
+"""Job lifecycle records: what the lineage side is told, whatever the tracing side samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+import jobtrace
+from jobtrace._internal import records
+from jobtrace._internal.records import JobRecord, JobState
+from jobtrace.testing import CapturedTelemetry, capture_telemetry
+
+
+def _pipeline() -> tuple[str, str]:
+    with jobtrace.trace_job(None, name="Parent", job_id="p-1", queue="q"):
+        meta = jobtrace.prepare_enqueue("Child", queue="q", job_id="c-1", args={"n": 1})
+        jobtrace.count(processed=2)
+    with (
+        pytest.raises(ValueError, match="bad input"),
+        jobtrace.trace_job(meta, name="Child", queue="q"),
+    ):
+        raise ValueError("bad input")
+    return "p-1", "c-1"
+
+
+def _of(captured: list[JobRecord], job_id: str) -> list[JobRecord]:
+    return [record for record in captured if record.job_id == job_id]
+
+
+def test_records_follow_a_job_through_its_life(telemetry: CapturedTelemetry) -> None:
+    """enqueued → started → finished records carry lineage, state and the span's trace ids."""
+    parent_id, child_id = _pipeline()
+    child = _of(telemetry.records, child_id)
+    assert [(r.kind, r.state) for r in child] == [
+        ("enqueued", JobState.QUEUED),
+        ("started", JobState.RUNNING),
+        ("finished", JobState.FAILED),
+    ]
+    (span,) = telemetry.process_spans("Child")
+    trace_id = f"{span.context.trace_id:032x}"
+    for record in child:
+        assert (record.parent_job_id, record.root_job_id, record.depth) == (parent_id, parent_id, 1)
+        assert record.trace_id == trace_id
+        assert record.queue == "q"
+    enqueued, started, finished = child
+    assert enqueued.args == '{"n":1}'
+    assert started.span_id == finished.span_id == f"{span.context.span_id:016x}"
+    assert started.enqueued_at == pytest.approx(enqueued.enqueued_at)
+    assert finished.error_type == "ValueError"
+    assert finished.error_message == "bad input"
+    assert finished.finished_at is not None
+    assert started.started_at is not None
+    assert finished.finished_at >= started.started_at
+    parent_finished = _of(telemetry.records, parent_id)[-1]
+    assert parent_finished.state is JobState.SUCCEEDED
+    assert parent_finished.items == {"processed": 2}
+    assert parent_finished.depth == 0
+    assert parent_finished.root_job_id == parent_id
+
+
+def test_records_are_emitted_when_nothing_is_sampled() -> None:
+    """With the ALWAYS_OFF sampler no span is exported, yet every record is emitted with ids."""
+    with capture_telemetry(sampler=ALWAYS_OFF) as telemetry:
+        _, child_id = _pipeline()
+    assert telemetry.spans() == []
+    child = _of(telemetry.records, child_id)
+    assert [r.kind for r in child] == ["enqueued", "started", "finished"]
+    assert len({r.trace_id for r in child}) == 1
+    assert child[0].trace_id is not None
+    assert int(child[0].trace_id, 16) != 0
+    assert child[-1].state is JobState.FAILED
+
+
+def test_sink_registry() -> None:
+    """Sinks are added once, removed quietly, and ``has_sinks`` tells whether anyone listens."""
+    seen: list[JobRecord] = []
+    records.add_sink(seen.append)
+    records.add_sink(seen.append)
+    try:
+        assert records.has_sinks()
+        records.emit(
+            JobRecord(kind="heartbeat", job_id="j", attempt=1, name="J", state=JobState.RUNNING)
+        )
+    finally:
+        records.remove_sink(seen.append)
+    records.remove_sink(seen.append)
+    assert len(seen) == 1
+    assert not records.has_sinks()
+
+
+def test_a_raising_sink_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """A sink that raises costs a warning; the sinks after it still get the record."""
+    seen: list[JobRecord] = []
+
+    def broken(record: JobRecord) -> None:
+        raise RuntimeError("queue full")
+
+    records.add_sink(broken)
+    records.add_sink(seen.append)
+    try:
+        with jobtrace.trace_job(None, name="Job"):
+            pass
+    finally:
+        records.remove_sink(broken)
+        records.remove_sink(seen.append)
+    assert [r.kind for r in seen] == ["started", "finished"]
+    assert len([r for r in caplog.records if "record sink" in r.getMessage()]) == 2
+
+
+def test_flush_reaches_buffering_sinks(caplog: pytest.LogCaptureFixture) -> None:
+    """``records.flush`` calls each sink's ``flush(timeout)``; one that raises is logged."""
+    calls: list[float] = []
+
+    class Buffering:
+        def __call__(self, record: JobRecord) -> None:
+            return None
+
+        def flush(self, timeout: float) -> None:
+            calls.append(timeout)
+
+    class Broken(Buffering):
+        def flush(self, timeout: float) -> None:
+            raise OSError("disk full")
+
+    sinks: list[Any] = [Broken(), Buffering(), lambda record: None]
+    for sink in sinks:
+        records.add_sink(sink)
+    try:
+        records.flush(2.5)
+    finally:
+        for sink in sinks:
+            records.remove_sink(sink)
+    assert calls == [2.5]
+    assert any("flushing record sink" in r.getMessage() for r in caplog.records)
+
+
+def test_done_states() -> None:
+    """Terminal states are done (crashed included); running, retrying and stalled are not."""
+    assert {s for s in JobState if s.is_done} == {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.DISCARDED,
+        JobState.CANCELLED,
+        JobState.SKIPPED,
+        JobState.CRASHED,
+    }
+    assert str(JobState.RETRYING) == "retrying"

@@ -1,0 +1,141 @@
+"""Argument recording: secrets redacted, size bounded, anything at all turned into JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import jobtrace
+from jobtrace._internal.config import Settings, update_settings
+from jobtrace._internal.redaction import (
+    REDACTED,
+    TRUNCATED,
+    args_text,
+    call_args,
+    is_secret,
+    redact_args,
+)
+from jobtrace.testing import CapturedTelemetry
+
+DEFAULT = Settings()
+
+
+def _recorded(args: object, settings: Settings = DEFAULT) -> object:
+    text = args_text(settings, args)
+    assert text is not None
+    return json.loads(text)
+
+
+def test_default_secret_keys_are_redacted_at_any_depth() -> None:
+    """password/token/secret/authorization/api_key are redacted in any case, nested anywhere."""
+    args = {
+        "Password": "hunter2",
+        "user": {"name": "ana", "API_KEY": "k-1", "tokens": ["t-1"]},
+        "requests": [{"headers": {"Authorization": "Bearer x"}}, {"client_secret": "s"}],
+        "page": 3,
+    }
+    assert _recorded(args) == {
+        "Password": REDACTED,
+        "user": {"name": "ana", "API_KEY": REDACTED, "tokens": REDACTED},
+        "requests": [{"headers": {"Authorization": REDACTED}}, {"client_secret": REDACTED}],
+        "page": 3,
+    }
+
+
+def test_redact_keys_are_configurable() -> None:
+    """A configured key list replaces the default one."""
+    settings = update_settings(redact_keys=["ssn"])
+    assert _recorded({"SSN": "123", "password": "p"}, settings) == {
+        "SSN": REDACTED,
+        "password": "p",
+    }
+
+
+def test_is_secret_matches_substrings_case_insensitively() -> None:
+    """A key containing a secret word, in any case, is secret."""
+    keys = frozenset({"token"})
+    assert is_secret("X-Refresh-TOKEN", keys)
+    assert not is_secret("page", keys)
+
+
+def test_huge_args_are_truncated_to_max_args_length() -> None:
+    """A 1 MB argument is cut to ``max_args_length`` characters, marked as truncated."""
+    for max_length in (100, 4096):
+        settings = update_settings(max_args_length=max_length)
+        for args in ({"blob": "x" * 1_000_000}, ["y" * 999] * 1000):
+            text = args_text(settings, args)
+            assert text is not None
+            assert len(text) <= max_length
+            assert TRUNCATED in text
+
+
+def test_huge_collections_and_nesting_are_bounded() -> None:
+    """Long collections and deep nesting are summarised instead of walked in full."""
+    text = redact_args(list(range(10_000)), redact_keys=frozenset(), max_length=10**6)
+    assert "9900 more" in text
+    deep: object = "bottom"
+    for _ in range(50):
+        deep = {"d": deep}
+    assert "bottom" not in redact_args(deep, redact_keys=frozenset(), max_length=10**6)
+
+
+def test_non_json_values_survive_as_repr() -> None:
+    """Values JSON cannot hold are recorded as their repr (bytes as their size)."""
+
+    class Movie:
+        def __repr__(self) -> str:
+            return "<Movie 42>"
+
+    recorded = _recorded(
+        {
+            "when": dt.date(2024, 5, 1),
+            "price": Decimal("9.50"),
+            "movie": Movie(),
+            "ids": (1, 2),
+            "raw": b"abc",
+        }
+    )
+    assert recorded == {
+        "when": "datetime.date(2024, 5, 1)",
+        "price": "Decimal('9.50')",
+        "movie": "<Movie 42>",
+        "ids": [1, 2],
+        "raw": "<3 bytes>",
+    }
+
+
+def test_nothing_is_recorded_when_turned_off() -> None:
+    """``record_args=False`` and ``args=None`` record nothing."""
+    assert args_text(Settings(record_args=False), {"a": 1}) is None
+    assert args_text(DEFAULT, None) is None
+
+
+def test_call_args_shape() -> None:
+    """Keyword-only calls record a dict, positional-only a list, mixed calls both."""
+    assert call_args((), {"a": 1}) == {"a": 1}
+    assert call_args((1,), {}) == [1]
+    assert call_args((1,), {"a": 2}) == {"args": [1], "kwargs": {"a": 2}}
+
+
+def test_span_args_attributes_are_redacted(telemetry: CapturedTelemetry) -> None:
+    """Neither the send span nor the process span carries a secret argument's value."""
+    args = {"user": "ana", "password": "hunter2"}
+    meta = jobtrace.prepare_enqueue("Login", args=args)
+    with jobtrace.trace_job(meta, name="Login", args=args):
+        pass
+
+    @jobtrace.wrap_job
+    def login(user: str, api_key: str) -> None:
+        return None
+
+    login(None, user="bo", api_key="k-123")
+    recorded = [
+        str((span.attributes or {})["jobtrace.job.args"])
+        for span in telemetry.spans()
+        if "jobtrace.job.args" in (span.attributes or {})
+    ]
+    assert len(recorded) == 3
+    assert all("hunter2" not in text and "k-123" not in text for text in recorded)
+    assert all(REDACTED in text for text in recorded)
+    assert all(record.args is None or "hunter2" not in record.args for record in telemetry.records)
