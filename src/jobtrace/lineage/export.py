@@ -1,0 +1,133 @@
+"""Writing a job tree out as JSON or CSV, and query results as plain JSON values.
+
+Flat exports stream the tree in batches, so exporting a 100k-job run holds one batch in memory;
+the nested JSON form has to hold the whole tree to hang children under their parents.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal, TextIO
+
+from jobtrace.lineage.queries import JobRow, LineageStore
+
+ExportFormat = Literal["json", "csv"]
+FORMATS: tuple[ExportFormat, ...] = ("json", "csv")
+#: Columns of a flat export, in schema order.
+COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))
+#: Rows between two progress reports.
+PROGRESS_EVERY = 1000
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON types: dataclasses become objects, times ISO 8601 strings, tuples lists."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def job_record(job: JobRow) -> dict[str, Any]:
+    """One job as a flat JSON object."""
+    return {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in ((name, getattr(job, name)) for name in COLUMNS)
+    }
+
+
+def export_tree(
+    store: LineageStore,
+    job_id: str,
+    out: TextIO,
+    fmt: ExportFormat = "json",
+    *,
+    nested: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> int:
+    """Write the subtree under ``job_id`` to ``out`` and return how many jobs it held.
+
+    Args:
+        fmt: ``json`` (an object with a ``jobs`` list, or the nested tree) or ``csv`` (one row per
+            job, header first).
+        nested: JSON only: the anchor job with a ``children`` list in every job, recursively.
+        on_progress: Called with ``(jobs written, jobs in the tree)`` every thousand jobs and
+            at the end.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "csv" and nested:
+        raise ValueError("a CSV export is flat: nested needs the JSON format")
+    total = store.count_tree(job_id)  # raises for an unknown id before anything is written
+    jobs = _counting(store.iter_tree(job_id), total, on_progress)
+    if fmt == "csv":
+        return write_csv(jobs, out)
+    if nested:
+        return write_nested_json(jobs, out)
+    return write_flat_json(jobs, out, job_id)
+
+
+def write_flat_json(jobs: Iterable[JobRow], out: TextIO, job_id: str) -> int:
+    """``{"job_id": ..., "jobs": [...]}``, one job per line, with parent ids to rebuild the tree."""
+    out.write(f'{{"job_id": {json.dumps(job_id)}, "jobs": [')
+    count = 0
+    for job in jobs:
+        out.write(",\n" if count else "\n")
+        out.write(json.dumps(job_record(job), ensure_ascii=False))
+        count += 1
+    out.write("\n]}\n")
+    return count
+
+
+def write_nested_json(jobs: Iterable[JobRow], out: TextIO) -> int:
+    """The first job (the anchor) with its descendants under ``children``; parents come first."""
+    records: dict[str, dict[str, Any]] = {}
+    anchor: dict[str, Any] | None = None
+    for job in jobs:
+        record = {**job_record(job), "children": []}
+        records[job.job_id] = record
+        parent = records.get(job.parent_job_id or "")
+        if anchor is None:
+            anchor = record
+        elif parent is not None:
+            parent["children"].append(record)
+    json.dump(anchor, out, ensure_ascii=False, indent=1)
+    out.write("\n")
+    return len(records)
+
+
+def write_csv(jobs: Iterable[JobRow], out: TextIO) -> int:
+    """One row per job, every column, times in ISO 8601, missing values empty."""
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
+    count = 0
+    for job in jobs:
+        record = job_record(job)
+        writer.writerow(["" if record[name] is None else record[name] for name in COLUMNS])
+        count += 1
+    return count
+
+
+def _counting(
+    jobs: Iterable[JobRow], total: int, on_progress: ProgressCallback | None
+) -> Iterable[JobRow]:
+    if on_progress is None:
+        yield from jobs
+        return
+    done = 0
+    for job in jobs:
+        yield job
+        done += 1
+        if done % PROGRESS_EVERY == 0:
+            on_progress(done, total)
+    on_progress(done, total)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the lineage schema; run them with ``jobtrace db upgrade``."""

@@ -1,0 +1,325 @@
+"""The lineage recorder: every job record into the store, off the job's hot path.
+
+A job hands its records to :meth:`Recorder.__call__`, which appends to a bounded in-memory buffer
+and returns; a background thread writes them in batches. Records of one job merge in the database
+by rules that do not depend on arrival order (:mod:`jobtrace.lineage._merge`), so producers and
+workers in many processes can write into one store. The same thread heartbeats the jobs running
+in this process, which is how the reaper tells a crashed job from a slow one.
+
+A store that is down or slow costs a rate-limited warning and, once the buffer is full, dropped
+records (counted in :attr:`Recorder.dropped`); the job never waits and never fails. The recorder's
+own SQL runs with OpenTelemetry instrumentation suppressed, so it never shows up as spans, while a
+job's own queries still do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy.engine import Engine
+
+from jobtrace._internal import records
+from jobtrace._internal.config import get_settings
+from jobtrace._internal.records import JobRecord, JobState
+from jobtrace.lineage import _merge
+from jobtrace.lineage.models import Attempt, Base, Job
+from jobtrace.lineage.store import create_store_engine, default_url, ensure_schema
+
+logger = logging.getLogger("jobtrace")
+
+HEARTBEAT_INTERVAL = 10.0
+WRITE_INTERVAL = 0.2
+BATCH_SIZE = 2000
+MAX_BUFFERED = 100_000
+WARN_EVERY = 30.0
+_WRITE_ATTEMPTS = 3
+
+
+class Recorder:
+    """A record sink writing into the lineage store from a background thread.
+
+    Args:
+        url: The store; ``None`` means :func:`jobtrace.lineage.store.default_url`.
+        heartbeat_interval: Seconds between heartbeats of the jobs running in this process.
+        write_interval: Longest time a record waits in the buffer.
+        batch_size: Records written per transaction at most.
+        max_buffered: Records held while the store is slow; past that, records are dropped.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        write_interval: float = WRITE_INTERVAL,
+        batch_size: int = BATCH_SIZE,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        self.url = url or default_url()
+        self.heartbeat_interval = heartbeat_interval
+        self.write_interval = write_interval
+        self.batch_size = batch_size
+        self.max_buffered = max_buffered
+        #: Records lost because the buffer was full or the store kept failing.
+        self.dropped = 0
+        #: Records written to the store.
+        self.written = 0
+        with suppress_instrumentation():
+            self._engine: Engine = create_store_engine(self.url)
+        self._schema_ready = False  # survives a fork: the schema is the same for the child
+        self._reset_process_state()
+        _instances.add(self)
+
+    # -- the job side: never blocks, never raises ----------------------------------------------
+
+    def __call__(self, record: JobRecord) -> None:
+        """Buffer ``record``; start the writer thread on the first record of this process."""
+        if record.kind == "started":
+            self._running[record.job_id] = record.attempt
+        elif record.kind == "finished" and self._running.get(record.job_id) == record.attempt:
+            del self._running[record.job_id]
+        if len(self._buffer) >= self.max_buffered:
+            self.dropped += 1
+            self._warn("the lineage buffer is full (store slow or down): dropping records")
+            return
+        buffer = self._buffer
+        buffer.append(record)
+        self._accepted += 1
+        if self._thread is None and not self._closed:
+            self._start_thread()
+        elif len(buffer) == 1 or len(buffer) >= self.batch_size:
+            # An idle writer writes at once (a job killed a moment after it started is still
+            # on record); a busy one collects a batch meanwhile.
+            self._wake.set()
+
+    # -- control -------------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write out everything buffered so far; ``False`` if ``timeout`` passed first."""
+        target = self._accepted
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._write_pending()
+            return self._done >= target
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self._done < target:
+                self._wake.set()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(min(left, 0.05))
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush, stop the writer thread and release the engine's connections."""
+        records.remove_sink(self)
+        self.flush(timeout)
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the recorder writes with."""
+        return self._engine
+
+    def prepare(self) -> bool:
+        """Create or upgrade the schema now, so readers find the tables; ``False`` if it failed."""
+        try:
+            with suppress_instrumentation():
+                ensure_schema(self._engine)
+        except Exception as error:
+            self._warn(f"the lineage store is not reachable yet: {error}")
+            return False
+        self._schema_ready = True
+        return True
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        self._buffer: deque[JobRecord] = deque()
+        self._running: dict[str, int] = {}
+        self._accepted = 0
+        self._done = 0
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self._last_warning = 0.0
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone and its buffer is the parent's to write."""
+        self._engine.dispose(close=False)
+        self._reset_process_state()
+
+    def _start_thread(self) -> None:
+        with self._write_lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="jobtrace-lineage-recorder", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(min(self.write_interval, self.heartbeat_interval))
+            self._wake.clear()
+            self._write_pending()
+            if time.monotonic() >= self._next_heartbeat:
+                self._heartbeat()
+
+    def _write_pending(self) -> None:
+        """Write the buffer in batches; called by the writer thread, or by a flush without it."""
+        with self._write_lock:
+            while self._buffer:
+                batch: list[JobRecord] = []
+                while self._buffer and len(batch) < self.batch_size:
+                    batch.append(self._buffer.popleft())
+                self._write_batch(batch)
+                with self._progress:
+                    self._done += len(batch)
+                    self._progress.notify_all()
+
+    def _write_batch(self, batch: Sequence[JobRecord]) -> None:
+        now = time.time()
+        jobs, attempts = _merge.rows(batch, now)
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with suppress_instrumentation():
+                    if not self._schema_ready:
+                        ensure_schema(self._engine)
+                        self._schema_ready = True
+                    with self._engine.begin() as conn:
+                        _merge.upsert_jobs(conn, jobs)
+                        _merge.upsert_attempts(conn, attempts)
+                self.written += len(batch)
+                return
+            except Exception as error:
+                if attempt == _WRITE_ATTEMPTS:
+                    self.dropped += len(batch)
+                    self._warn(f"writing {len(batch)} lineage records failed: {error}")
+                    return
+                time.sleep(0.05 * attempt)
+
+    def _heartbeat(self) -> None:
+        """Tell the store that the jobs running here are alive (a crashed one comes back)."""
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        running = list(self._running.items())
+        if not running or not self._schema_ready:
+            return
+        now = time.time()
+        params = [{"b_job_id": job_id, "b_attempt": attempt} for job_id, attempt in running]
+        alive = (JobState.RUNNING.value, JobState.CRASHED.value)
+        try:
+            with suppress_instrumentation(), self._engine.begin() as conn:
+                for table in _TABLES:
+                    conn.execute(
+                        update(table)
+                        .where(
+                            table.c.job_id == bindparam("b_job_id"),
+                            table.c.attempt == bindparam("b_attempt"),
+                            table.c.state.in_(alive),
+                        )
+                        .values(heartbeat_at=now, state=JobState.RUNNING.value),
+                        params,
+                    )
+        except Exception as error:
+            self._warn(f"heartbeat of {len(running)} running jobs failed: {error}")
+
+    def _warn(self, message: str) -> None:
+        """At most one warning per ``WARN_EVERY`` seconds: a down store must not flood the logs."""
+        now = time.monotonic()
+        if now - self._last_warning < WARN_EVERY and self._last_warning:
+            return
+        self._last_warning = now
+        logger.warning("jobtrace: %s (%d records dropped so far)", message, self.dropped)
+
+
+_instances: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for recorder in list(_instances):
+        recorder._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_TABLES: tuple[Table, ...] = tuple(
+    Base.metadata.tables[model.__tablename__] for model in (Job, Attempt)
+)
+_recorder: Recorder | None = None
+_lock = threading.Lock()
+
+
+def start_recorder(
+    database_url: str | None = None,
+    *,
+    heartbeat_interval: float | None = None,
+) -> Recorder:
+    """Record every job of this process into ``database_url`` (once per process).
+
+    Calling it again with the same store returns the running recorder; another store replaces it.
+
+    Args:
+        database_url: The store; else ``JOBTRACE_DATABASE_URL``, else the local SQLite file.
+        heartbeat_interval: Seconds between heartbeats; else ``JOBTRACE_HEARTBEAT_INTERVAL``,
+            else 10.
+    """
+    global _recorder
+    url = database_url or default_url()
+    if heartbeat_interval is None:
+        heartbeat_interval = float(
+            os.environ.get("JOBTRACE_HEARTBEAT_INTERVAL") or HEARTBEAT_INTERVAL
+        )
+    with _lock:
+        current = _recorder
+        if current is not None and current.url == url and not current._closed:
+            current.heartbeat_interval = heartbeat_interval
+            return current
+        if current is not None:
+            current.close()
+        _recorder = Recorder(url, heartbeat_interval=heartbeat_interval)
+        _recorder.prepare()
+        records.add_sink(_recorder)
+        return _recorder
+
+
+def get_recorder() -> Recorder | None:
+    """The recorder of this process, if one was started."""
+    return _recorder
+
+
+def stop_recorder(timeout: float = 5.0) -> None:
+    """Flush and stop the recorder of this process; a no-op when none runs."""
+    global _recorder
+    with _lock:
+        current, _recorder = _recorder, None
+    if current is not None:
+        current.close(timeout)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    recorder = _recorder
+    if recorder is not None:
+        try:
+            recorder.flush(get_settings().flush_timeout)
+        except Exception:
+            logger.warning("jobtrace: flushing lineage records at exit failed", exc_info=True)

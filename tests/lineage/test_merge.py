@@ -1,0 +1,195 @@
+"""Records of one job merge into one row the same way whatever order and batches they come in."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from jobtrace._internal.records import JobRecord, JobState
+from jobtrace.lineage import _merge
+from jobtrace.lineage.models import ID_LENGTH, Attempt, Job
+from jobtrace.lineage.store import create_store_engine, upgrade
+
+T = 1_700_000_000.0
+
+
+def record(kind: str, state: JobState, attempt: int = 1, **fields: Any) -> JobRecord:
+    return JobRecord(
+        kind=kind, job_id="job-1", attempt=attempt, name="PageJob", state=state, **fields
+    )  # type: ignore[arg-type]
+
+
+ENQUEUED = record(
+    "enqueued",
+    JobState.QUEUED,
+    parent_job_id="root",
+    root_job_id="root",
+    depth=1,
+    trace_id="a" * 32,
+    args='{"page": 3}',
+    enqueued_at=T,
+)
+STARTED = record(
+    "started",
+    JobState.RUNNING,
+    parent_job_id="root",
+    root_job_id="root",
+    depth=1,
+    trace_id="b" * 32,
+    span_id="c" * 16,
+    host="w1",
+    pid=7,
+    started_at=T + 1,
+    heartbeat_at=T + 1,
+)
+FINISHED = record(
+    "finished",
+    JobState.FAILED,
+    parent_job_id="root",
+    root_job_id="root",
+    depth=1,
+    trace_id="b" * 32,
+    span_id="c" * 16,
+    error_type="ValueError",
+    error_message="boom",
+    items={"total": 10, "processed": 4},
+    finished_at=T + 2,
+    heartbeat_at=T + 2,
+)
+EXPECTED = {
+    "state": "failed",
+    "attempt": 1,
+    "trace_id": "b" * 32,
+    "span_id": "c" * 16,
+    "args": '{"page": 3}',
+    "error_type": "ValueError",
+    "items_total": 10,
+    "items_processed": 4,
+    "host": "w1",
+    "root_job_id": "root",
+    "depth": 1,
+}
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    """A migrated store on SQLite or PostgreSQL."""
+    upgrade(store_url)
+    engine = create_store_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+def write(engine: Engine, batch: Sequence[JobRecord], now: float = T) -> None:
+    jobs, attempts = _merge.rows(batch, now)
+    with engine.begin() as conn:
+        _merge.upsert_jobs(conn, jobs)
+        _merge.upsert_attempts(conn, attempts)
+
+
+def job(engine: Engine, job_id: str = "job-1") -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(select(Job).where(Job.job_id == job_id)).mappings().one()
+    return dict(row)
+
+
+def attempts(engine: Engine) -> list[tuple[int, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(Attempt.attempt, Attempt.state).order_by(Attempt.attempt))
+        return [(a, s) for a, s in rows]
+
+
+def subset(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in EXPECTED}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([ENQUEUED, STARTED, FINISHED])))
+def test_any_arrival_order_gives_the_same_row_one_record_per_batch(
+    engine: Engine, order: tuple[JobRecord, ...]
+) -> None:
+    """Enqueued, started and finished in any order across batches: the same final row."""
+    for item in order:
+        write(engine, [item])
+    assert subset(job(engine)) == EXPECTED
+    assert attempts(engine) == [(1, "failed")]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([ENQUEUED, STARTED, FINISHED])))
+def test_any_arrival_order_gives_the_same_row_in_one_batch(
+    engine: Engine, order: tuple[JobRecord, ...]
+) -> None:
+    """The Python merge of one batch follows the same rules as the SQL merge."""
+    write(engine, order)
+    assert subset(job(engine)) == EXPECTED
+
+
+def test_a_late_outcome_beats_the_reapers_crashed(engine: Engine) -> None:
+    """A job declared crashed that then reports its outcome ends with that outcome."""
+    write(engine, [STARTED])
+    write(engine, [record("heartbeat", JobState.CRASHED)])
+    assert job(engine)["state"] == "crashed"
+    write(engine, [FINISHED])
+    assert job(engine)["state"] == "failed"
+
+
+def test_a_later_attempt_replaces_the_attempt_and_an_earlier_one_changes_nothing(
+    engine: Engine,
+) -> None:
+    """Attempt 2 clears attempt 1's error; a late record of attempt 1 cannot bring it back."""
+    write(engine, [ENQUEUED, STARTED, FINISHED])
+    retry = record("started", JobState.RUNNING, attempt=2, span_id="d" * 16, started_at=T + 5)
+    write(engine, [retry])
+    row = job(engine)
+    assert (row["attempt"], row["state"], row["error_type"], row["span_id"]) == (
+        2,
+        "running",
+        None,
+        "d" * 16,
+    )
+    assert row["args"] == '{"page": 3}'  # what describes the job survives the new attempt
+    write(engine, [FINISHED])
+    assert (job(engine)["attempt"], job(engine)["state"]) == (2, "running")
+    assert attempts(engine) == [(1, "failed"), (2, "running")]
+
+
+HOSTILE_IDS = [
+    "'; DROP TABLE jobtrace_jobs; --",
+    'quote " and \\ backslash',
+    "ünïcødé 🎬 映画",
+    "nul\x00byte",
+    "x" * 10_000,
+]
+
+
+@pytest.mark.parametrize("job_id", HOSTILE_IDS)
+def test_hostile_ids_and_huge_args_are_stored_safely(engine: Engine, job_id: str) -> None:
+    """Metacharacters are parameters, NULs are replaced, long ids stay distinct, args are capped."""
+    hostile = JobRecord(
+        kind="started",
+        job_id=job_id,
+        attempt=1,
+        name=job_id,
+        state=JobState.RUNNING,
+        args="a" * 1_000_000,
+        error_message="\x00" * 10,
+    )
+    write(engine, [hostile])
+    stored_id = _merge.safe_id(job_id)
+    assert stored_id is not None
+    assert len(stored_id) <= ID_LENGTH
+    row = job(engine, stored_id)
+    assert "\x00" not in row["job_id"]
+    assert "\x00" not in row["name"]
+    assert len(row["args"]) == _merge.MAX_TEXT
+
+
+def test_long_ids_that_share_a_prefix_stay_distinct() -> None:
+    """Two ids longer than the column that differ only at the end do not collide."""
+    first, second = "x" * 1000 + "a", "x" * 1000 + "b"
+    assert _merge.safe_id(first) != _merge.safe_id(second)
+    assert _merge.safe_id("short") == "short"

@@ -1,0 +1,452 @@
+"""The lineage queries on SQLite and PostgreSQL, on trees built row by row with random counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from jobtrace.lineage.models import Job
+from jobtrace.lineage.queries import (
+    ACTIVE,
+    FAILURES,
+    JobNotFoundError,
+    JobRow,
+    LineageStore,
+)
+from tests.lineage.builders import CinemaRun, TreeBuilder, cinema_run, create_schema
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    """The lineage tables on the backend under test."""
+    engine = create_schema(store_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> LineageStore:
+    """Queries on the backend under test."""
+    return LineageStore(engine)
+
+
+@pytest.fixture(params=[3, 17])
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """Two different random shapes per test."""
+    return random.Random(request.param)
+
+
+@pytest.fixture
+def built(engine: Engine, rng: random.Random) -> tuple[TreeBuilder, CinemaRun]:
+    """A cinema run stored beside two other runs, so every query must stay inside its run."""
+    builder = TreeBuilder()
+    cinema_run(builder, random.Random(rng.random()), start=-7200)
+    run = cinema_run(builder, rng)
+    cinema_run(builder, random.Random(rng.random()), start=3600)
+    builder.insert(engine)
+    return builder, run
+
+
+def ids(rows: list[JobRow]) -> list[str]:
+    return [row.job_id for row in rows]
+
+
+def deepest(builder: TreeBuilder, root: str) -> dict[str, object]:
+    return max(builder.under(root), key=lambda row: int(str(row["depth"])))
+
+
+def test_job_row_mirrors_every_column() -> None:
+    """JobRow has exactly the columns of jobtrace_jobs, so rows convert without loss."""
+    columns = [column.name for column in Job.__table__.columns]
+    assert sorted(f.name for f in dataclasses.fields(JobRow)) == sorted(columns)
+
+
+def test_stage_stats_counts_every_state_per_stage(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """stage_stats has one row per (depth, name, state) of the run, counted exactly, in order."""
+    builder, run = built
+    stats = store.stage_stats(run.root)
+    got = {(r.depth, r.name, r.state): r.count for r in stats.rows}
+    assert got == dict(builder.counts(builder.under(run.root)))
+    keys = [(r.depth, r.name, r.state) for r in stats.rows]
+    assert keys == sorted(keys)
+    assert stats.total == len(builder.under(run.root))
+    assert max(r.depth for r in stats.rows) >= 4
+
+
+def test_stage_stats_resolves_the_root_of_any_job(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """Asking with a deep job's id gives the table of its whole run."""
+    builder, run = built
+    leaf = deepest(builder, run.root)
+    assert store.stage_stats(str(leaf["job_id"])) == store.stage_stats(run.root)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.job("nope"),
+        lambda s: s.tree("nope"),
+        lambda s: s.children("nope"),
+        lambda s: s.ancestors("nope"),
+        lambda s: s.stage_stats("nope"),
+        lambda s: s.overview("nope"),
+        lambda s: s.progress("nope"),
+        lambda s: s.why("nope"),
+        lambda s: s.diff("nope", "nope"),
+    ],
+)
+def test_unknown_job_raises(store: LineageStore, call: object) -> None:
+    """Every question about an id the store never saw raises JobNotFoundError naming it."""
+    with pytest.raises(JobNotFoundError, match="nope"):
+        call(store)  # type: ignore[operator]
+
+
+def test_tree_of_a_root_is_its_whole_run(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """tree(root) returns every job of the run, parents before their children."""
+    builder, run = built
+    rows = store.tree(run.root)
+    assert sorted(ids(rows)) == sorted(row["job_id"] for row in builder.under(run.root))
+    seen: set[str] = set()
+    for row in rows:
+        assert row.parent_job_id is None or row.parent_job_id in seen
+        seen.add(row.job_id)
+    assert store.count_tree(run.root) == len(rows)
+
+
+def test_tree_of_an_inner_job_is_its_subtree(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """tree(page) walks down from a non-root job and returns its descendants only."""
+    builder, run = built
+    page = run.pages[1]
+    rows = store.tree(page)
+    assert sorted(ids(rows)) == sorted(row["job_id"] for row in builder.subtree(page))
+    assert {row.depth for row in rows} == {1, 2, 3, 4}
+    assert store.count_tree(page) == len(rows)
+
+
+def test_children_are_direct_children_oldest_first(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """children() lists only the jobs a job enqueued, filtered by state and limited on request."""
+    builder, run = built
+    page = run.pages[0]
+    expected = [row for row in builder.jobs.values() if row["parent_job_id"] == page]
+    got = store.children(page)
+    assert sorted(ids(got)) == sorted(row["job_id"] for row in expected)
+    assert [row.enqueued_at for row in got] == sorted(row.enqueued_at for row in got)  # type: ignore[type-var]
+    discarded = store.children(page, state="discarded")
+    assert {row.state for row in discarded} == {"discarded"}
+    assert len(discarded) == sum(row["state"] == "discarded" for row in expected)
+    assert len(store.children(page, limit=1)) == 1
+
+
+def test_ancestors_walk_up_to_the_root(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """ancestors() of a depth-4 job returns its four ancestors, root first; a root has none."""
+    builder, run = built
+    leaf = deepest(builder, run.root)
+    expected = []
+    parent = leaf["parent_job_id"]
+    while parent is not None:
+        expected.insert(0, parent)
+        parent = builder.jobs[str(parent)]["parent_job_id"]
+    got = store.ancestors(str(leaf["job_id"]))
+    assert ids(got) == expected
+    assert [row.depth for row in got] == list(range(len(expected)))
+    assert store.ancestors(run.root) == []
+
+
+def test_runs_lists_the_latest_roots_with_their_health(store: LineageStore, engine: Engine) -> None:
+    """runs() returns roots newest first with exact counts per state over each whole run."""
+    builder = TreeBuilder()
+    healthy = builder.job("SyncJob", enqueued=100)
+    for _ in range(random.Random(2).randint(2, 5)):
+        builder.job("PageJob", healthy, enqueued=101)
+    failing = builder.job("SyncJob", enqueued=200)
+    page = builder.job("PageJob", failing, enqueued=201)
+    builder.job("DetailJob", page, state="failed", enqueued=202, error_type="TimeoutError")
+    active = builder.job("ImportJob", enqueued=300, state="running")
+    builder.job("PageJob", active, state="queued", enqueued=301)
+    builder.job("CronJob", enqueued=None, started=50)
+    builder.insert(engine)
+    runs = store.runs(3)
+    assert [run.root.job_id for run in runs] == [active, failing, healthy]
+    assert [run.health for run in runs] == ["active", "failing", "ok"]
+    assert runs[2].total == len(builder.under(healthy))
+    assert runs[1].states == {"failed": 1, "succeeded": 2}
+    assert len(store.runs(10)) == 4, "a root without an enqueue time is listed last"
+    assert [run.root.job_id for run in store.runs(10, name="SyncJob")] == [failing, healthy]
+
+
+def test_stage_tree_hangs_each_stage_under_its_parent_stage(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """stage_tree() counts each stage and the distinct parents that spawned it."""
+    builder, run = built
+    tree = store.stage_tree(run.root)
+    rows = builder.under(run.root)
+    by_name = {stage.name: stage for stage in tree.stages}
+    for stage in tree.stages:
+        mine = [r for r in rows if (r["depth"], r["name"]) == (stage.depth, stage.name)]
+        assert stage.total == len(mine)
+        assert stage.states == dict(Counter(str(r["state"]) for r in mine))
+        if stage.depth:
+            assert stage.parents == len({r["parent_job_id"] for r in mine})
+    root_stage = by_name["SyncJob"]
+    assert [s.name for s in tree.children_of(root_stage)] == ["MoviePageJob"]
+    assert {s.name for s in tree.children_of(by_name["MoviePageJob"])} == {
+        "MovieDetailJob",
+        "ShowtimeProcessJob",
+    }
+    assert [s.name for s in tree.children_of(by_name["PriceJob"])] == ["NotifyJob"]
+
+
+def test_stuck_stages_name_the_dead_queue_with_samples(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """Detail jobs waiting on a queue nobody serves are stuck; the served queue is not."""
+    builder, run = built
+    now = builder.start + timedelta(hours=1)
+    stuck = store.stuck_stages(run.root, 300, now=now)
+    details = [s for s in stuck if s.name == "MovieDetailJob"]
+    assert [s.queue for s in details] == [run.stuck_queue]
+    waiting = [
+        r
+        for r in builder.under(run.root)
+        if r["name"] == "MovieDetailJob" and r["queue"] == run.stuck_queue
+    ]
+    assert details[0].active == len(waiting)
+    assert details[0].states == {"queued": len(waiting)}
+    assert details[0].since == min(r["enqueued_at"] for r in waiting)
+    assert details[0].idle_seconds == (now - details[0].since).total_seconds()
+    assert set(details[0].sample_job_ids) <= {r["job_id"] for r in waiting}
+    assert json.loads(str(details[0].sample_args[0]))["movie_id"].startswith("m-")
+    for stage in stuck:
+        assert any(
+            r["name"] == stage.name and r["state"] in ACTIVE for r in builder.under(run.root)
+        )
+
+
+def test_stuck_stages_wait_for_the_threshold(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """A stage is not stuck before the threshold has passed since its last progress."""
+    builder, run = built
+    stuck = store.stuck_stages(run.root, 300, now=builder.start + timedelta(hours=1))
+    earliest = min(stage.since for stage in stuck)
+    latest = max(stage.since for stage in stuck)
+    soon = store.stuck_stages(run.root, 300, now=earliest + timedelta(seconds=299))
+    assert soon == []
+    later = store.stuck_stages(run.root, 300, now=latest + timedelta(seconds=301))
+    assert [(s.name, s.queue) for s in later] == [(s.name, s.queue) for s in stuck]
+
+
+def test_stuck_stages_see_progress_by_heartbeat(store: LineageStore, engine: Engine) -> None:
+    """A running job that keeps sending heartbeats keeps its stage from being stuck."""
+    builder = TreeBuilder()
+    root = builder.job("BatchJob", state="running", heartbeat=3590)
+    builder.job("ChunkJob", root, state="running", enqueued=1, heartbeat=3595)
+    builder.job("ChunkJob", root, state="queued", enqueued=1)
+    builder.insert(engine)
+    now = builder.start + timedelta(hours=1)
+    assert store.stuck_stages(root, 60, now=now) == []
+    assert [s.name for s in store.stuck_stages(root, 1, now=now)] == ["BatchJob", "ChunkJob"]
+
+
+def test_failing_stages_apply_both_thresholds(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """failing_stages() reports stages with enough failures, and none above the ratio asked."""
+    builder, run = built
+    rows = builder.under(run.root)
+    showtimes = [r for r in rows if r["name"] == "ShowtimeProcessJob"]
+    failed = sum(r["state"] in FAILURES for r in showtimes)
+    failing = store.failing_stages(run.root)
+    assert [(s.name, s.failures, s.total) for s in failing] == [
+        ("ShowtimeProcessJob", failed, len(showtimes))
+    ]
+    assert failing[0].errors[0].error == run.failing_error
+    assert failing[0].ratio == failed / len(showtimes)
+    assert store.failing_stages(run.root, min_failures=failed + 1) == []
+    assert store.failing_stages(run.root, min_ratio=failed / len(showtimes) + 0.01) == []
+
+
+def test_failures_group_by_error_with_parent_samples(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """failures() groups by stage and error and names the parent page of each sample."""
+    builder, run = built
+    groups = store.failures(run.root, samples=2)
+    assert [(g.name, g.error) for g in groups] == [("ShowtimeProcessJob", run.failing_error)]
+    discarded = [r for r in builder.under(run.root) if r["state"] == "discarded"]
+    assert groups[0].count == len(discarded)
+    assert 1 <= len(groups[0].samples) <= 2
+    for sample in groups[0].samples:
+        row = builder.jobs[sample.job_id]
+        assert sample.parent_job_id == row["parent_job_id"]
+        assert sample.parent_name == "MoviePageJob"
+        assert sample.parent_args == builder.jobs[str(row["parent_job_id"])]["args"]
+        assert sample.trace_id == row["trace_id"]
+
+
+def test_failures_of_crashes_without_error_type_use_the_state(
+    store: LineageStore, engine: Engine
+) -> None:
+    """A crashed job with no error type is grouped under 'crashed', apart from real errors."""
+    builder = TreeBuilder()
+    root = builder.job("UploadJob", state="running")
+    crashes = random.Random(4).randint(1, 4)
+    for _ in range(crashes):
+        builder.job("BatchJob", root, state="crashed", enqueued=1, finished=9)
+    builder.job("BatchJob", root, state="failed", enqueued=1, error_type="ValueError")
+    builder.insert(engine)
+    groups = store.failures(root)
+    assert [(g.error, g.count) for g in groups] == [("crashed", crashes), ("ValueError", 1)]
+
+
+def test_progress_counts_crashed_children_as_done(store: LineageStore, engine: Engine) -> None:
+    """progress() is exact: crashed and failed children are done, and the crashed batch names its documents."""
+    rng = random.Random(11)
+    builder = TreeBuilder()
+    parent = builder.job("UploadJob", state="running", heartbeat=100)
+    states = ["succeeded"] * rng.randint(3, 9) + ["running"] * rng.randint(1, 3)
+    states += ["queued"] * rng.randint(1, 3) + ["stalled", "failed", "discarded", "skipped"]
+    for number, state in enumerate(states):
+        docs = [{"source": "PMC", "id": str(4400000 + number * 500 + i)} for i in range(3)]
+        builder.job("BatchJob", parent, state=state, enqueued=1, args={"documents": docs})
+    crashed = builder.job(
+        "BatchJob",
+        parent,
+        state="crashed",
+        enqueued=1,
+        args={"documents": [{"source": "PMC", "id": "4402192"}]},
+        reason="no heartbeat for 60s",
+    )
+    builder.job("OtherJob", state="queued")
+    builder.insert(engine)
+    progress = store.progress(parent)
+    total = len(states) + 1
+    counts = Counter(states)
+    assert progress.total == total
+    assert progress.running == counts["running"]
+    assert progress.pending == counts["queued"] + 1
+    assert progress.done == total - progress.running - progress.pending
+    assert (progress.failed, progress.crashed) == (2, 1)
+    assert progress.fraction == progress.done / total
+    assert not progress.complete
+    assert progress.problems[0].job_id == crashed
+    assert "4402192" in str(progress.problems[0].args)
+    assert {p.state for p in progress.problems} == {"crashed", "failed", "discarded"}
+
+
+def test_why_of_a_failed_job_prefers_an_earlier_failed_descendant(
+    store: LineageStore, engine: Engine
+) -> None:
+    """why() returns the root-to-job path and, as cause, a descendant that failed before the job."""
+    builder = TreeBuilder()
+    root = builder.job("PipelineJob", state="failed", started=1, finished=90)
+    mapper = builder.job("MapJob", root, state="failed", started=2, finished=60)
+    annotate = builder.job(
+        "AnnotateJob", mapper, state="failed", started=3, finished=30, error_type="TimeoutError"
+    )
+    builder.job("CallJob", annotate, state="succeeded", started=4, finished=5)
+    builder.attempt(mapper, 1, "retrying", error_type="ConnectionError")
+    builder.attempt(mapper, 2, "failed", error_type="TimeoutError")
+    builder.insert(engine)
+    why = store.why(mapper)
+    assert ids(list(why.path)) == [root, mapper]
+    assert why.cause is not None
+    assert (why.cause.job_id, why.relation) == (annotate, "descendant")
+    assert why.cause.trace_id == builder.jobs[annotate]["trace_id"]
+    assert [(a.attempt, a.error_type) for a in why.attempts] == [
+        (1, "ConnectionError"),
+        (2, "TimeoutError"),
+    ]
+    assert (store.why(annotate).cause.job_id, store.why(annotate).relation) == (annotate, "self")  # type: ignore[union-attr]
+
+
+def test_why_of_a_waiting_job_finds_the_failed_dependency(
+    store: LineageStore, engine: Engine
+) -> None:
+    """A job that never ran is explained by the sibling that failed earliest (its dependency)."""
+    builder = TreeBuilder()
+    root = builder.job("VariantPipeline", state="running")
+    builder.job("CreateVariants", root, started=1, finished=5)
+    mapping = builder.job("MapVariants", root, state="failed", started=6, finished=8)
+    builder.job("LaterFailure", root, state="crashed", started=6, finished=20)
+    waiting = builder.job("AnnotateVariants", root, state="queued", enqueued=2)
+    builder.insert(engine)
+    why = store.why(waiting)
+    assert ids(list(why.path)) == [root, waiting]
+    assert why.cause is not None
+    assert (why.cause.job_id, why.relation) == (mapping, "sibling")
+
+
+def test_why_of_a_healthy_job_has_no_cause(store: LineageStore, engine: Engine) -> None:
+    """A job with nothing failed around it has no cause and a path of itself."""
+    builder = TreeBuilder()
+    root = builder.job("CronJob")
+    builder.insert(engine)
+    why = store.why(root)
+    assert (why.cause, why.relation, ids(list(why.path))) == (None, None, [root])
+
+
+def test_diff_puts_two_runs_side_by_side(store: LineageStore, engine: Engine) -> None:
+    """diff() compares counts, median durations and top errors per stage, with deltas."""
+    rng = random.Random(5)
+    builder = TreeBuilder()
+    runs = []
+    for slow in (1, 3):
+        root = builder.job("SyncJob")
+        pages = rng.randint(2, 6)
+        for number in range(pages):
+            page = builder.job("PageJob", root, enqueued=0, started=1, finished=1 + slow * number)
+            if slow == 3 and number % 2:
+                builder.job("DetailJob", page, state="failed", error_type="HTTPError")
+        runs.append((root, pages))
+    only_b = builder.job("ExtraJob", runs[1][0])
+    builder.insert(engine)
+    (a, pages_a), (b, pages_b) = runs
+    diff = store.diff(a, only_b)
+    assert (diff.a.job_id, diff.b.job_id) == (a, b)
+    stages = {(s.depth, s.name): s for s in diff.stages}
+    page = stages[(1, "PageJob")]
+    assert (page.a.total, page.b.total, page.total_delta) == (pages_a, pages_b, pages_b - pages_a)
+    assert page.a.median_seconds == (pages_a - 1) / 2
+    assert page.b.median_seconds == 3 * (pages_b - 1) / 2
+    assert page.median_delta == page.b.median_seconds - page.a.median_seconds
+    detail = stages[(2, "DetailJob")]
+    assert detail.a.total == 0
+    assert detail.b.errors[0].error == "HTTPError"
+    assert detail.state_deltas == {"failed": pages_b // 2}
+    assert stages[(1, "ExtraJob")].total_delta == 1
+
+
+def test_overview_of_an_inner_job_stays_in_its_subtree(
+    store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
+) -> None:
+    """overview(page) counts, marks and samples only the jobs under that page."""
+    builder, run = built
+    page = run.pages[0]
+    overview = store.overview(page, stuck_after=60, now=builder.start + timedelta(hours=1))
+    subtree = builder.subtree(page)
+    assert overview.root.job_id == page
+    assert sum(stage.total for stage in overview.tree.stages) == len(subtree)
+    assert [(s.name, s.active) for s in overview.stuck] == [("MovieDetailJob", 1)]
+    discarded = [r for r in subtree if r["state"] == "discarded"]
+    assert [g.count for g in overview.failures] == [len(discarded)]
+    assert {s.job_id for s in overview.failures[0].samples} <= {r["job_id"] for r in discarded}

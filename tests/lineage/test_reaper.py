@@ -1,0 +1,78 @@
+"""The reaper: silent running jobs become crashed, long-queued ones stalled, idempotently."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from jobtrace.lineage.models import Attempt
+from jobtrace.lineage.queries import LineageStore
+from jobtrace.lineage.reaper import reap
+from jobtrace.lineage.store import upgrade
+from tests.lineage.builders import T0, TreeBuilder, create_schema
+
+NOW = T0 + timedelta(seconds=600)
+
+
+def build(store_url: str) -> tuple[TreeBuilder, dict[str, str]]:
+    """A parent with children in every situation the reaper must tell apart."""
+    upgrade(store_url)
+    builder = TreeBuilder()
+    parent = builder.job("UploadJob", state="running", started=0, heartbeat=590)
+    ids = {
+        "parent": parent,
+        "silent": builder.job("BatchJob", parent, state="running", started=1, heartbeat=100),
+        "alive": builder.job("BatchJob", parent, state="running", started=1, heartbeat=595),
+        "done": builder.job("BatchJob", parent, state="succeeded", started=1, finished=5),
+        "slow": builder.job("ReportJob", parent, state="running", started=1, heartbeat=100),
+        "waiting": builder.job("BatchJob", parent, state="queued", enqueued=10),
+        "fresh": builder.job("BatchJob", parent, state="queued", enqueued=550),
+    }
+    builder.attempt(ids["silent"], 1, "running")
+    engine = create_schema(store_url)
+    builder.insert(engine)
+    engine.dispose()
+    return builder, ids
+
+
+def test_reap_tells_silent_from_alive_and_stalled_from_fresh(store_url: str) -> None:
+    """Only the job without heartbeats crashes, only the long-queued one stalls."""
+    _, ids = build(store_url)
+    result = reap(
+        store_url,
+        heartbeat_timeout=60,
+        stalled_after=300,
+        heartbeat_timeout_by_name={"ReportJob": 3600},
+        now=NOW,
+    )
+    assert set(result.crashed) == {ids["silent"]}
+    assert set(result.stalled) == {ids["waiting"]}
+    with LineageStore(store_url) as store:
+        assert store.job(ids["silent"]).state == "crashed"
+        assert store.job(ids["slow"]).state == "running"  # its own, longer timeout
+        assert store.job(ids["alive"]).state == "running"
+        assert store.job(ids["fresh"]).state == "queued"
+        progress = store.progress(ids["parent"])
+    assert (progress.crashed, progress.done, progress.total) == (1, 2, 6)
+
+
+def test_reap_is_idempotent(store_url: str) -> None:
+    """A second run (another cron host) finds nothing left to declare."""
+    build(store_url)
+    first = reap(store_url, heartbeat_timeout=60, stalled_after=300, now=NOW)
+    second = reap(store_url, heartbeat_timeout=60, stalled_after=300, now=NOW)
+    assert first.crashed
+    assert first.stalled
+    assert (second.crashed, second.stalled) == ((), ())
+
+
+def test_reap_marks_the_attempt_row_too(sqlite_url: str) -> None:
+    """The audit trail of attempts shows the crashed attempt, with the reason."""
+    builder, ids = build(sqlite_url)
+    reap(sqlite_url, heartbeat_timeout=60, now=NOW)
+    query = select(Attempt.state, Attempt.reason).where(Attempt.job_id == ids["silent"])
+    with LineageStore(sqlite_url) as store, store.engine.connect() as conn:
+        rows = [tuple(row) for row in conn.execute(query)]
+    assert rows == [("crashed", "no heartbeat for 60s")]
+    assert builder.jobs[ids["silent"]]["state"] == "running"  # the builder's copy is untouched

@@ -1,0 +1,309 @@
+"""The recorder: every job in the store off the hot path, whatever the sampling or the store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from sqlalchemy import create_engine, func, select
+
+import jobtrace
+from jobtrace._internal.records import JobRecord, JobState
+from jobtrace.lineage.models import Attempt, Job
+from jobtrace.lineage.queries import JobNotFoundError, LineageStore
+from jobtrace.lineage.reaper import reap
+from jobtrace.lineage.recorder import Recorder, get_recorder, start_recorder, stop_recorder
+from jobtrace.local import LocalQueue
+from jobtrace.testing import capture_telemetry
+
+UNREACHABLE_URL = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2"
+
+
+@pytest.fixture
+def recorder(store_url: str) -> Iterator[Recorder]:
+    """The process's recorder on a fresh store, stopped afterwards."""
+    started = start_recorder(store_url, heartbeat_interval=0.1)
+    try:
+        yield started
+    finally:
+        stop_recorder()
+
+
+def pipeline(queue: LocalQueue, pages: int, details: int) -> str:
+    """A four-level run on ``queue``: sync → pages → details → a showtime per detail."""
+
+    def showtime(n: int) -> None:
+        jobtrace.count(processed=1)
+
+    def detail(n: int) -> None:
+        queue.enqueue(showtime, n)
+
+    def page(n: int) -> None:
+        for d in range(details):
+            queue.enqueue(detail, d)
+
+    def sync() -> None:
+        for p in range(pages):
+            queue.enqueue(page, p)
+
+    return queue.enqueue(sync)
+
+
+def test_lineage_is_complete_with_the_sampler_off(recorder: Recorder) -> None:
+    """Sampling always-off: no span is exported, yet every job of every stage is in the store."""
+    with capture_telemetry(sampler=ALWAYS_OFF) as telemetry, LocalQueue(4) as queue:
+        root = pipeline(queue, pages=5, details=3)
+        assert queue.join(30)
+    assert recorder.flush(10)
+    assert telemetry.spans() == []
+    with LineageStore(recorder.url) as store:
+        stages = store.stage_stats(root).by_stage()
+    assert stages == {
+        (0, "sync"): {"succeeded": 1},
+        (1, "page"): {"succeeded": 5},
+        (2, "detail"): {"succeeded": 15},
+        (3, "showtime"): {"succeeded": 15},
+    }
+    assert recorder.dropped == 0
+
+
+def test_an_unreachable_store_costs_warnings_not_jobs(caplog: pytest.LogCaptureFixture) -> None:
+    """With the store down every job still succeeds; the loss is logged and counted."""
+    caplog.set_level(logging.WARNING, logger="jobtrace")
+    started = start_recorder(UNREACHABLE_URL)
+    try:
+        with capture_telemetry() as telemetry, LocalQueue(2) as queue:
+            pipeline(queue, pages=3, details=2)
+            assert queue.join(30)
+        started.flush(30)
+        outcomes = {span.attributes["jobtrace.job.outcome"] for span in telemetry.process_spans()}  # type: ignore[index]
+        assert outcomes == {"succeeded"}
+        assert len(telemetry.process_spans()) == 1 + 3 + 6 + 6
+        assert started.dropped > 0
+        assert any("lineage" in r.getMessage() for r in caplog.records)
+    finally:
+        stop_recorder()
+
+
+def test_a_full_buffer_drops_and_counts_instead_of_waiting(sqlite_url: str) -> None:
+    """Past ``max_buffered`` records are dropped at once (never blocking the job) and counted."""
+    recorder = Recorder(sqlite_url, write_interval=60, max_buffered=3)
+    try:
+        for n in range(10):
+            recorder(JobRecord("enqueued", f"job-{n}", 1, "PageJob", JobState.QUEUED))
+        recorder._wake.set()  # the first record started the writer, which may be busy already
+        assert recorder.flush(10)
+        assert recorder.dropped + recorder.written == 10
+        assert recorder.dropped >= 6
+    finally:
+        recorder.close()
+
+
+INSTRUMENTED = textwrap.dedent(
+    """
+    import json, sys
+    import sqlalchemy
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    import jobtrace
+    from jobtrace.lineage.recorder import get_recorder
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    jobtrace.configure(instrument_sqlalchemy=True, database_url=sys.argv[1])
+    get_recorder().heartbeat_interval = 0.05
+    engine = sqlalchemy.create_engine("sqlite://")
+    with jobtrace.trace_job(None, name="ReportJob", job_id="report-1"):
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 42"))
+        get_recorder().flush(10)
+        get_recorder()._heartbeat()
+    get_recorder().flush(10)
+    spans = exporter.get_finished_spans()
+    job = next(s for s in spans if s.name == "process ReportJob")
+    print(json.dumps({
+        "queries": sorted(s.name for s in spans if s.kind == trace.SpanKind.CLIENT),
+        "statements": [s.attributes.get("db.statement", "") for s in spans],
+        "parents": sorted({s.parent.span_id for s in spans if s.kind == trace.SpanKind.CLIENT}),
+        "job": job.context.span_id,
+    }))
+    """
+)
+
+
+def test_the_recorders_sql_makes_no_spans_but_the_jobs_own_queries_do(store_url: str) -> None:
+    """With SQLAlchemy instrumentation on, only the job's own queries show, under the job."""
+    done = subprocess.run(
+        [sys.executable, "-c", INSTRUMENTED, store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [name for name in report["queries"] if name != "connect"] == ["SELECT"], report
+    assert not any("jobtrace_" in statement for statement in report["statements"])
+    assert report["parents"] == [report["job"]]
+    with LineageStore(store_url) as store:
+        assert store.job("report-1").state == "succeeded"
+
+
+def test_running_jobs_heartbeat_without_user_code(recorder: Recorder) -> None:
+    """A job that only sleeps still gets fresh heartbeats in the store while it runs."""
+    release = threading.Event()
+    with capture_telemetry(), LocalQueue(1) as queue:
+        job_id = queue.enqueue(release.wait, 30, name="SleepyJob")
+        deadline = time.monotonic() + 20
+        seen: list[object] = []
+        with LineageStore(recorder.url) as store:
+            while time.monotonic() < deadline and len(set(seen)) < 3:
+                with contextlib.suppress(LookupError):
+                    seen.append(store.job(job_id).heartbeat_at)
+                time.sleep(0.1)
+        release.set()
+        assert queue.join(10)
+    assert len({beat for beat in seen if beat is not None}) >= 3
+
+
+def test_start_recorder_is_once_per_store(sqlite_url: str, tmp_path: Path) -> None:
+    """The same store gives the same recorder; another store replaces it."""
+    try:
+        first = start_recorder(sqlite_url)
+        assert start_recorder(sqlite_url) is first
+        assert get_recorder() is first
+        other = start_recorder(f"sqlite:///{tmp_path / 'other.db'}")
+        assert other is not first
+        assert get_recorder() is other
+    finally:
+        stop_recorder()
+    assert get_recorder() is None
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import jobtrace
+    from jobtrace.lineage.recorder import start_recorder
+    from jobtrace.local import LocalQueue
+
+    url, tag, children = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    start_recorder(url)
+    with LocalQueue(4) as queue:
+        def child(n):
+            jobtrace.count(processed=1)
+        def parent():
+            for n in range(children):
+                queue.enqueue(child, n)
+        queue.enqueue(parent, name="parent-" + tag)
+        queue.join(60)
+    """
+)
+
+
+def test_four_processes_recording_at_once_lose_and_duplicate_nothing(store_url: str) -> None:
+    """Four worker processes write into one store concurrently: every job exactly once."""
+    children = 300
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, store_url, str(n), str(children)],
+            stderr=subprocess.PIPE,
+        )
+        for n in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, errors
+    assert not any("jobtrace" in e for e in errors), errors
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            jobs = conn.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            attempts = conn.execute(select(func.count()).select_from(Attempt)).scalar()
+            roots = conn.execute(select(func.count()).where(Job.depth == 0)).scalar()
+    finally:
+        engine.dispose()
+    assert dict(jobs) == {"succeeded": 4 * (children + 1)}
+    assert attempts == 4 * (children + 1)
+    assert roots == 4
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, time
+    import jobtrace
+    from jobtrace.lineage.recorder import start_recorder
+    from jobtrace.local import LocalQueue
+
+    url, marker = sys.argv[1], sys.argv[2]
+    start_recorder(url, heartbeat_interval=0.1)
+    queue = LocalQueue(3)
+    def quick(n):
+        return n
+    def hang():
+        open(marker, "w").close()
+        time.sleep(120)
+    def upload():
+        queue.enqueue(quick, 1, name="batch")
+        queue.enqueue(quick, 2, name="batch")
+        queue.enqueue(hang, name="batch")
+    print(queue.enqueue(upload, name="upload"), flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_worker_killed_mid_job_is_reaped_as_crashed(sqlite_url: str, tmp_path: Path) -> None:
+    """SIGKILL mid-job: the reaper declares it crashed; siblings finished; the parent counts it done."""
+    marker = tmp_path / "hanging"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED, sqlite_url, str(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        root = process.stdout.readline().strip()
+        with LineageStore(sqlite_url) as store:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    progress = store.progress(root)
+                except JobNotFoundError:
+                    progress = None
+                if progress is not None and (progress.succeeded, progress.running) == (2, 1):
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the pipeline never reached two finished and one running batch")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(10)
+    assert reap(sqlite_url, heartbeat_timeout=5).crashed == ()  # heartbeats were fresh
+    deadline = time.monotonic() + 20
+    crashed: tuple[str, ...] = ()
+    while not crashed and time.monotonic() < deadline:
+        time.sleep(0.3)
+        crashed = reap(sqlite_url, heartbeat_timeout=1).crashed
+    with LineageStore(sqlite_url) as store:
+        progress = store.progress(root)
+    assert len(crashed) == 1
+    assert (progress.total, progress.done, progress.succeeded, progress.crashed) == (3, 3, 2, 1)
+    assert progress.complete
+    assert [job.job_id for job in progress.problems] == list(crashed)

@@ -1,0 +1,101 @@
+"""The store: URLs, engines, and schema upgrades that match the models on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from jobtrace.exceptions import StoreError
+from jobtrace.lineage import store
+from jobtrace.lineage.models import Base
+
+
+def test_head_revision_is_the_newest_migration() -> None:
+    """HEAD_REVISION (the recorder's fast check) names the newest migration script."""
+    config = Config()
+    config.set_main_option("script_location", "jobtrace.lineage:migrations")
+    assert ScriptDirectory.from_config(config).get_current_head() == store.HEAD_REVISION
+
+
+def test_upgrade_builds_exactly_the_models_schema(store_url: str) -> None:
+    """After upgrade, Alembic finds no difference between the database and the models."""
+    store.upgrade(store_url)
+    engine = store.create_store_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": store.VERSION_TABLE})
+            assert compare_metadata(context, Base.metadata) == []
+            assert store.current_revision(conn) == store.HEAD_REVISION
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_twice_changes_nothing(sqlite_url: str) -> None:
+    """A second upgrade (cron, every worker at start) is a no-op."""
+    store.upgrade(sqlite_url)
+    store.upgrade(sqlite_url)
+    engine = store.create_store_engine(sqlite_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert tables == {"jobtrace_jobs", "jobtrace_attempts", store.VERSION_TABLE}
+
+
+def test_concurrent_upgrades_from_four_processes(store_url: str) -> None:
+    """Four workers starting at once on a fresh store all succeed and leave one schema."""
+    code = "import sys; from jobtrace.lineage.store import upgrade; upgrade(sys.argv[1])"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, store_url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
+    engine = store.create_store_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            assert store.current_revision(conn) == store.HEAD_REVISION
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_store_uses_wal_and_creates_its_directory(tmp_path: Path) -> None:
+    """The embedded store creates its folder and runs in WAL mode, so readers never block writers."""
+    url = f"sqlite:///{tmp_path / 'deep' / 'dir' / 'lineage.db'}"
+    engine = store.create_store_engine(url)
+    try:
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    finally:
+        engine.dispose()
+    assert mode == "wal"
+    assert (tmp_path / "deep" / "dir").is_dir()
+
+
+def test_default_url_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """JOBTRACE_DATABASE_URL wins; else a file under XDG_DATA_HOME."""
+    monkeypatch.setenv("JOBTRACE_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    assert store.default_url() == "postgresql+psycopg://u@h/db"
+    monkeypatch.delenv("JOBTRACE_DATABASE_URL")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert store.default_url() == f"sqlite:///{tmp_path / 'jobtrace' / 'jobtrace.db'}"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("not a url", "bad database URL"), ("nosuchdialect://h/db", "bad database URL")],
+)
+def test_unusable_urls_raise_store_error(url: str, message: str) -> None:
+    """A URL SQLAlchemy cannot use is a StoreError with a message, not a stack of internals."""
+    with pytest.raises(StoreError, match=message):
+        store.create_store_engine(url)
