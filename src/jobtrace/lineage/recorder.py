@@ -139,7 +139,7 @@ class Recorder:
     def prepare(self) -> bool:
         """Create or upgrade the schema now, so readers find the tables; ``False`` if it failed."""
         try:
-            with suppress_instrumentation():
+            with self._db_lock, suppress_instrumentation():
                 ensure_schema(self._engine)
         except Exception as error:
             self._warn(f"the lineage store is not reachable yet: {error}")
@@ -156,7 +156,11 @@ class Recorder:
         self._done = 0
         self._wake = threading.Event()
         self._progress = threading.Condition()
-        self._write_lock = threading.Lock()
+        # Held while this process is inside the database driver: fork waits for it (see
+        # _before_fork), because SQLite's global mutexes held at fork deadlock the child.
+        self._db_lock = threading.Lock()
+        self._held_for_fork = False
+        self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
@@ -168,12 +172,13 @@ class Recorder:
         self._reset_process_state()
 
     def _start_thread(self) -> None:
-        with self._write_lock:
+        with self._thread_lock:
             if self._thread is not None:
                 return
             self._thread = threading.Thread(
                 target=self._run, name="jobtrace-lineage-recorder", daemon=True
             )
+            self._wake.set()  # the record that started the thread is written at once
             self._thread.start()
 
     def _run(self) -> None:
@@ -186,15 +191,15 @@ class Recorder:
 
     def _write_pending(self) -> None:
         """Write the buffer in batches; called by the writer thread, or by a flush without it."""
-        with self._write_lock:
-            while self._buffer:
+        while self._buffer:
+            with self._db_lock:
                 batch: list[JobRecord] = []
                 while self._buffer and len(batch) < self.batch_size:
                     batch.append(self._buffer.popleft())
                 self._write_batch(batch)
-                with self._progress:
-                    self._done += len(batch)
-                    self._progress.notify_all()
+            with self._progress:
+                self._done += len(batch)
+                self._progress.notify_all()
 
     def _write_batch(self, batch: Sequence[JobRecord]) -> None:
         now = time.time()
@@ -227,7 +232,7 @@ class Recorder:
         params = [{"b_job_id": job_id, "b_attempt": attempt} for job_id, attempt in running]
         alive = (JobState.RUNNING.value, JobState.CRASHED.value)
         try:
-            with suppress_instrumentation(), self._engine.begin() as conn:
+            with self._db_lock, suppress_instrumentation(), self._engine.begin() as conn:
                 for table in _TABLES:
                     conn.execute(
                         update(table)
@@ -254,12 +259,32 @@ class Recorder:
 _instances: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
 
+_FORK_WAIT = 5.0
+
+
+def _before_fork() -> None:
+    """Let a write in progress finish, so no thread is inside the driver when the process forks."""
+    for recorder in list(_instances):
+        recorder._held_for_fork = recorder._db_lock.acquire(timeout=_FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    for recorder in list(_instances):
+        if recorder._held_for_fork:
+            recorder._held_for_fork = False
+            recorder._db_lock.release()
+
+
 def _after_fork_in_child() -> None:
     for recorder in list(_instances):
         recorder._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 _TABLES: tuple[Table, ...] = tuple(
     Base.metadata.tables[model.__tablename__] for model in (Job, Attempt)
