@@ -1,0 +1,399 @@
+"""The ``jobtrace`` commands: parse, ask the store one question, print the answer.
+
+Each command is a function of a :class:`Context`, which resolves the database URL and opens the
+store only when the command needs it. Errors a user can fix (unknown id, bad URL, unreachable
+database) are raised as :class:`CliError` or left as SQLAlchemy errors for ``main`` to turn into
+one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from jobtrace.cli import render
+from jobtrace.lineage.export import FORMATS, export_tree, jsonable
+from jobtrace.lineage.queries import FAILURES, STUCK_AFTER, LineageStore
+
+Handler = Callable[["Context"], int]
+
+
+class CliError(Exception):
+    """A problem the user can fix, printed as one line without a traceback."""
+
+
+@dataclass
+class Context:
+    """What a command runs with: its arguments, its streams, and the store once opened."""
+
+    args: argparse.Namespace
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    _url: str | None = None
+    _store: LineageStore | None = None
+
+    @property
+    def url(self) -> str:
+        """``--database-url``, else ``JOBTRACE_DATABASE_URL``, else the store's default."""
+        if self._url is None:
+            url = self.args.database_url or os.environ.get("JOBTRACE_DATABASE_URL")
+            if not url:
+                from jobtrace.lineage.store import default_url
+
+                url = default_url()
+            self._url = url
+        return self._url
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password hidden, fit for a message."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "(unparseable URL)"
+
+    @property
+    def store(self) -> LineageStore:
+        """The store, opened on first use; a missing SQLite file is an error, not a new store."""
+        if self._store is None:
+            self.require_existing_store()
+            self._store = LineageStore(self.url)
+        return self._store
+
+    @property
+    def style(self) -> render.Style:
+        """Colours and alignment for ``out``."""
+        return render.for_stream(self.out)
+
+    def require_existing_store(self) -> None:
+        """Refuse to read a SQLite file that is not there (connecting would create it empty)."""
+        try:
+            url = make_url(self.url)
+        except ArgumentError as error:
+            raise CliError(f"bad database URL: {error}") from None
+        path = url.database
+        file_path = path not in (None, "", ":memory:") and not str(path).startswith("file:")
+        if url.get_backend_name() == "sqlite" and file_path and not Path(str(path)).exists():
+            raise CliError(
+                f"no lineage store at {path}: nothing recorded there yet"
+                " (run a job under jobtrace.configure(), or `jobtrace demo`)"
+            )
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        if self._store is not None:
+            self._store.close()
+
+    def print(self, lines: list[str]) -> None:
+        """Write ``lines`` to ``out``."""
+        self.out.write("".join(line + "\n" for line in lines))
+
+    def print_json(self, value: Any) -> None:
+        """Write ``value`` as JSON to ``out``."""
+        render.dump_json(jsonable(value), self.out)
+
+
+def _with(value: Any, *properties: str) -> dict[str, Any]:
+    """``value`` as JSON plus some of its derived properties."""
+    return {**jsonable(value), **{name: jsonable(getattr(value, name)) for name in properties}}
+
+
+# Read commands.
+
+
+def cmd_runs(ctx: Context) -> int:
+    """The latest runs and their health."""
+    runs = ctx.store.runs(ctx.args.limit, name=ctx.args.name)
+    if ctx.args.json:
+        ctx.print_json([_with(run, "health", "failures", "active") for run in runs])
+    elif not runs:
+        ctx.print(["no runs recorded"])
+    else:
+        ctx.print(render.runs_lines(runs, ctx.style))
+    return 0
+
+
+def cmd_tree(ctx: Context) -> int:
+    """The stage tree with stuck and failing stages marked."""
+    a = ctx.args
+    overview = ctx.store.overview(
+        a.job_id, stuck_after=a.stuck_after, min_failures=a.min_failures, min_ratio=a.fail_ratio
+    )
+    if a.json:
+        ctx.print_json(overview)
+    else:
+        ctx.print(render.overview_lines(overview, ctx.style))
+    return 0
+
+
+def cmd_stats(ctx: Context) -> int:
+    """The per-stage table of the job's run, stuck and failing rows flagged."""
+    a = ctx.args
+    store = ctx.store
+    stats = store.stage_stats(a.job_id)
+    flags: dict[tuple[int, str, str], str] = {}
+    for stuck in store.stuck_stages(stats.root_job_id, a.stuck_after):
+        flags.update({(stuck.depth, stuck.name, state): "stuck" for state in stuck.states})
+    for failing in store.failing_stages(
+        stats.root_job_id, min_failures=a.min_failures, min_ratio=a.fail_ratio
+    ):
+        flags.update({(failing.depth, failing.name, state): "failing" for state in FAILURES})
+    if a.json:
+        rows = [
+            {**jsonable(row), "flag": flags.get((row.depth, row.name, row.state))}
+            for row in stats.rows
+        ]
+        ctx.print_json({"root_job_id": stats.root_job_id, "rows": rows})
+    else:
+        ctx.print(render.stats_lines(stats, flags, ctx.style))
+    return 0
+
+
+def cmd_children(ctx: Context) -> int:
+    """A parent's progress over its children, then the children themselves."""
+    a = ctx.args
+    progress = ctx.store.progress(a.job_id, limit=a.limit)
+    children = ctx.store.children(a.job_id, state=a.state, limit=a.limit)
+    if a.json:
+        ctx.print_json({"progress": _with(progress, "fraction", "complete"), "children": children})
+        return 0
+    lines = render.progress_lines(progress, children, ctx.style)
+    shown = progress.states.get(a.state, 0) if a.state else progress.total
+    if shown > len(children):
+        lines.append(f"… {shown - len(children):,} more (--limit)")
+    ctx.print(lines)
+    return 0
+
+
+def cmd_ancestors(ctx: Context) -> int:
+    """The jobs above a job, from its root down."""
+    job = ctx.store.job(ctx.args.job_id)
+    ancestors = ctx.store.ancestors(job.job_id)
+    if ctx.args.json:
+        ctx.print_json({"job": job, "ancestors": ancestors})
+    else:
+        ctx.print(render.ancestors_lines([*ancestors, job], ctx.style))
+    return 0
+
+
+def cmd_why(ctx: Context) -> int:
+    """The path to a job and the earliest failure related to it."""
+    why = ctx.store.why(ctx.args.job_id)
+    if ctx.args.json:
+        ctx.print_json(why)
+    else:
+        ctx.print(render.why_lines(why, ctx.style))
+    return 0
+
+
+def cmd_diff(ctx: Context) -> int:
+    """Two runs stage by stage."""
+    diff = ctx.store.diff(ctx.args.run_a, ctx.args.run_b)
+    if ctx.args.json:
+        stages = [
+            _with(stage, "total_delta", "state_deltas", "median_delta") for stage in diff.stages
+        ]
+        ctx.print_json({"a": diff.a, "b": diff.b, "stages": stages})
+    else:
+        ctx.print(render.diff_lines(diff, ctx.style))
+    return 0
+
+
+# Other commands.
+
+
+def cmd_export(ctx: Context) -> int:
+    """A tree as JSON or CSV, to stdout or a file, with progress on a terminal's stderr."""
+    a = ctx.args
+    store = ctx.store
+    store.job(a.job_id)  # an unknown id fails before any file is created
+    show_progress = ctx.err.isatty()
+
+    def on_progress(done: int, total: int) -> None:
+        ctx.err.write(f"\rexporting {done:,}/{total:,} jobs")
+        ctx.err.flush()
+
+    options: dict[str, Any] = {
+        "nested": a.nested,
+        "on_progress": on_progress if show_progress else None,
+    }
+    if a.output in (None, "-"):
+        count = export_tree(store, a.job_id, ctx.out, a.format, **options)
+    else:
+        with open(a.output, "w", encoding="utf-8", newline="") as out:
+            count = export_tree(store, a.job_id, out, a.format, **options)
+    if show_progress:
+        ctx.err.write("\n")
+    if a.output not in (None, "-"):
+        ctx.err.write(f"wrote {count:,} jobs to {a.output}\n")
+    return 0
+
+
+def cmd_reap(ctx: Context) -> int:
+    """Declare jobs without heartbeats crashed and jobs queued too long stalled."""
+    from jobtrace.lineage.reaper import reap
+
+    ctx.require_existing_store()
+    options = {
+        name: value
+        for name, value in (
+            ("heartbeat_timeout", ctx.args.heartbeat_timeout),
+            ("stalled_after", ctx.args.stalled_after),
+        )
+        if value is not None
+    }
+    result = reap(ctx.url, **options)
+    crashed, stalled = list(result.crashed), list(result.stalled)
+    if ctx.args.json:
+        ctx.print_json({"crashed": crashed, "stalled": stalled})
+        return 0
+    lines = [f"{len(crashed):,} crashed, {len(stalled):,} stalled"]
+    for label, ids in (("crashed", crashed), ("stalled", stalled)):
+        lines += [f"  {label} {job_id}" for job_id in ids[:20]]
+        if len(ids) > 20:
+            lines.append(f"  … {len(ids) - 20:,} more {label}")
+    ctx.print(lines)
+    return 0
+
+
+def cmd_db_upgrade(ctx: Context) -> int:
+    """Create or migrate the lineage tables."""
+    from jobtrace.lineage.store import upgrade
+
+    upgrade(ctx.url)
+    ctx.print([f"lineage store {ctx.safe_url} is at the latest schema"])
+    return 0
+
+
+def cmd_web(ctx: Context) -> int:
+    """Serve the dashboard until interrupted."""
+    from jobtrace.web import make_server
+
+    a = ctx.args
+    try:
+        server = make_server(ctx.store, a.host, a.port, trace_url=a.trace_url)
+    except ValueError as error:  # a trace URL template without {trace_id}
+        raise CliError(str(error)) from None
+    except OSError as error:  # port taken, unknown host
+        raise CliError(f"cannot listen on {a.host}:{a.port}: {error.strerror or error}") from None
+    with server:
+        ctx.err.write(f"jobtrace dashboard on {server.url} (lineage store {ctx.safe_url})\n")
+        ctx.err.flush()
+        server.serve_forever()
+    return 0
+
+
+# The parser.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``jobtrace`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="jobtrace",
+        description="See background-job pipelines: runs, stage trees, stuck and failing stages.",
+        epilog="The store is --database-url, else JOBTRACE_DATABASE_URL, else the local SQLite file.",
+    )
+    parser.add_argument("--database-url", help="the lineage store (SQLAlchemy URL)")
+    parser.set_defaults(handler=None, json=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # Every command also takes --database-url after its name; SUPPRESS keeps the global one.
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--database-url", default=argparse.SUPPRESS, help="the lineage store")
+    read = argparse.ArgumentParser(add_help=False, parents=[url])
+    read.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    marks = argparse.ArgumentParser(add_help=False)
+    marks.add_argument(
+        "--stuck-after",
+        type=float,
+        default=STUCK_AFTER,
+        metavar="S",
+        help=f"a stage with active jobs and no progress for S seconds is stuck ({STUCK_AFTER:g})",
+    )
+    marks.add_argument(
+        "--min-failures",
+        type=int,
+        default=1,
+        metavar="N",
+        help="failures that make a stage failing (1)",
+    )
+    marks.add_argument(
+        "--fail-ratio",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="... and the share of its jobs they must be, 0 to 1 (0)",
+    )
+
+    def add(
+        name: str, handler: Handler, help: str, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, parents=list(parents))
+        sub.set_defaults(handler=handler)
+        return sub
+
+    runs = add("runs", cmd_runs, "the latest pipeline runs and their health", read)
+    runs.add_argument("--limit", type=int, default=20, help="runs to show (20)")
+    runs.add_argument("--name", help="only runs whose root job has this name")
+
+    add(
+        "tree", cmd_tree, "a job's subtree per stage; stuck ⚠ and failing ✗ stages", read, marks
+    ).add_argument("job_id", metavar="ID")
+    add(
+        "stats", cmd_stats, "the per-stage table of the run a job belongs to", read, marks
+    ).add_argument("job_id", metavar="ID")
+    children = add("children", cmd_children, "a parent's progress and its children", read)
+    children.add_argument("job_id", metavar="ID")
+    children.add_argument("--state", help="only children in this state")
+    children.add_argument("--limit", type=int, default=50, help="children to list (50)")
+    add("ancestors", cmd_ancestors, "the jobs above a job, up to its root", read).add_argument(
+        "job_id", metavar="ID"
+    )
+    add("why", cmd_why, "the path to a job and the earliest related failure", read).add_argument(
+        "job_id", metavar="ID"
+    )
+    diff = add("diff", cmd_diff, "two runs side by side, stage by stage", read)
+    diff.add_argument("run_a", metavar="A", help="any job of the first run")
+    diff.add_argument("run_b", metavar="B", help="any job of the second run")
+
+    export = add("export", cmd_export, "a job's subtree as JSON or CSV", url)
+    export.add_argument("job_id", metavar="ID")
+    export.add_argument("--format", choices=FORMATS, default="json", help="json (default) or csv")
+    export.add_argument("--nested", action="store_true", help="JSON: children inside their parent")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
+    reap = add("reap", cmd_reap, "mark silent running jobs crashed, long-queued ones stalled", read)
+    reap.add_argument(
+        "--heartbeat-timeout", type=float, metavar="S", help="running without a heartbeat for S s"
+    )
+    reap.add_argument("--stalled-after", type=float, metavar="S", help="queued for longer than S s")
+
+    web = add("web", cmd_web, "serve the dashboard: runs, stage tables, jobs, trace links", url)
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    web.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any (8080)")
+    web.add_argument(
+        "--trace-url",
+        metavar="TEMPLATE",
+        help="trace links, {trace_id} substituted (JOBTRACE_TRACE_URL, else Jaeger on :16686)",
+    )
+
+    db = commands.add_parser(
+        "db", help="manage the lineage store", description="manage the lineage store"
+    )
+    db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    upgrade = db_commands.add_parser(
+        "upgrade", help="create or migrate the lineage tables", parents=[url]
+    )
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    # `demo` hands every argument after it to jobtrace.demo, its own help included.
+    commands.add_parser("demo", help="run the cinema-scraper demo pipeline", add_help=False)
+    return parser

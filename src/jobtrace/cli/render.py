@@ -1,0 +1,464 @@
+"""Text for people: the stage tree, tables, colours; no database access here.
+
+On a terminal (and without ``NO_COLOR``) output gets ANSI colours and aligned columns; piped, it is
+plain text and tables are tab-separated so ``cut``, ``sort`` and ``awk`` read them. The ⚠ and ✗
+marks are part of the text either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TextIO
+
+from jobtrace.lineage.queries import (
+    FAILURES,
+    PENDING,
+    ErrorCount,
+    FailingStage,
+    FailureGroup,
+    JobRow,
+    Overview,
+    Progress,
+    RunDiff,
+    RunSummary,
+    Stage,
+    StageStats,
+    StuckStage,
+    Why,
+)
+
+STUCK = "⚠"
+FAILING = "✗"
+#: States in the order a reader scans them: what waits, what runs, how things ended.
+STATE_ORDER = (
+    "queued",
+    "stalled",
+    "retrying",
+    "running",
+    "succeeded",
+    "skipped",
+    "cancelled",
+    "failed",
+    "discarded",
+    "crashed",
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
+
+
+def wants_color(stream: TextIO) -> bool:
+    """Colour on a terminal unless ``NO_COLOR`` is set to anything (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How to draw: ``color`` adds ANSI codes, ``aligned`` pads table columns (else tabs)."""
+
+    color: bool = False
+    aligned: bool = False
+
+    def paint(self, text: str, *styles: str) -> str:
+        """``text`` in the given styles (``bold``, ``red``, ...) when colour is on."""
+        if not self.color or not styles:
+            return text
+        codes = ";".join(_CODES[s] for s in styles)
+        return f"\x1b[{codes}m{text}\x1b[0m"
+
+    def state(self, state: str, text: str | None = None) -> str:
+        """``text`` (default: the state) coloured by what the state means."""
+        return self.paint(text or state, *_state_style(state))
+
+
+def for_stream(stream: TextIO) -> Style:
+    """The style fitting ``stream``: colours and alignment on a terminal, plain when piped."""
+    tty = stream.isatty()
+    return Style(color=tty and wants_color(stream), aligned=tty)
+
+
+def _state_style(state: str) -> tuple[str, ...]:
+    if state in FAILURES:
+        return ("red",)
+    if state in PENDING:
+        return ("yellow",)
+    if state == "running":
+        return ("cyan",)
+    if state == "succeeded":
+        return ("green",)
+    return ("dim",)
+
+
+def state_order(states: Iterable[str]) -> list[str]:
+    """``states`` in reading order; unknown ones (a newer jobtrace's) last, by name."""
+    known = {state: index for index, state in enumerate(STATE_ORDER)}
+    return sorted(states, key=lambda s: (known.get(s, len(known)), s))
+
+
+def state_counts(states: Mapping[str, int], style: Style) -> str:
+    """``queued 63 · running 3 · succeeded 70``."""
+    return " · ".join(f"{style.state(s)} {states[s]:,}" for s in state_order(states))
+
+
+def when(moment: datetime | None) -> str:
+    """A UTC time to the second, ``-`` when unknown."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def span(seconds: float | None) -> str:
+    """A duration as people say it: ``850ms``, ``42s``, ``41m``, ``2h05m``, ``3d4h``."""
+    if seconds is None:
+        return "-"
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{sign}{seconds:.3g}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{sign}{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{sign}{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{sign}{days}d{hours}h"
+
+
+def short(text: str | None, width: int = 60) -> str:
+    """One line of at most ``width`` characters."""
+    if text is None:
+        return "-"
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], style: Style, right: Iterable[int] = ()
+) -> list[str]:
+    """Aligned columns (numbers in ``right`` flush right) when aligned, else tab-separated."""
+    rows = [list(row) for row in rows]
+    if not style.aligned:
+        return ["\t".join(headers), *("\t".join(_ANSI.sub("", c) for c in row) for row in rows)]
+    flush_right = set(right)
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, _width(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = []
+        for index, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+            fill = " " * (width - _width(cell))
+            padded.append(fill + cell if index in flush_right else cell + fill)
+        return "  ".join(padded).rstrip()
+
+    return [style.paint(line(headers), "bold"), *(line(row) for row in rows)]
+
+
+def _width(cell: str) -> int:
+    return len(_ANSI.sub("", cell))
+
+
+def job_line(job: JobRow, style: Style) -> str:
+    """``MoviePageJob page-17 failed: TimeoutError``: a job in one line."""
+    text = f"{style.paint(job.name, 'bold')} {job.job_id} {style.state(job.state)}"
+    if job.error:
+        text += f": {job.error}"
+    return text
+
+
+# The tree of scenario 1.
+
+
+def overview_lines(overview: Overview, style: Style) -> list[str]:
+    """The stage tree under the overview's job, stuck stages marked ⚠ and failing ones ✗."""
+    tree = overview.tree
+    root = tree.root
+    stuck: dict[tuple[int, str], list[StuckStage]] = {}
+    for item in overview.stuck:
+        stuck.setdefault((item.depth, item.name), []).append(item)
+    failing = {(item.depth, item.name): item for item in overview.failing}
+    failures: dict[tuple[int, str], list[FailureGroup]] = {}
+    for group in overview.failures:
+        failures.setdefault((group.depth, group.name), []).append(group)
+
+    def head(stage: Stage) -> str:
+        key = (stage.depth, stage.name)
+        text = f"{style.paint(stage.name, 'bold')}  {stage.total:,} job{'s' * (stage.total != 1)}"
+        if stage.depth > root.depth + 1:
+            text += f" from {stage.parents:,} parent{'s' * (stage.parents != 1)}"
+        text += f"  {state_counts(stage.states, style)}"
+        if key in stuck:
+            text += "  " + style.paint(f"{STUCK} stuck", "yellow", "bold")
+        if key in failing:
+            text += "  " + style.paint(f"{FAILING} failing", "red", "bold")
+        return text
+
+    def details(stage: Stage) -> list[str]:
+        key = (stage.depth, stage.name)
+        lines = [_stuck_line(item, style) for item in stuck.get(key, [])]
+        if key in failing:
+            lines += [_failure_line(g, failing[key], style) for g in failures.get(key, [])[:3]]
+        return lines
+
+    root_stage = next(
+        (s for s in tree.stages if (s.depth, s.name) == (root.depth, root.name)), None
+    )
+    first = f"{job_line(root, style)}  trace {root.trace_id or '-'}"
+    if root.enqueued_at:
+        first += f"  enqueued {when(root.enqueued_at)}"
+    if root.items_total is not None:  # what the job meant to do: "did it schedule every page?"
+        first += f"  items {root.items_processed or 0:,}/{root.items_total:,}"
+    lines = [first]
+    drawn: set[tuple[int, str]] = set()
+    if root_stage is not None:
+        drawn.add((root_stage.depth, root_stage.name))
+        lines += ["  " + line for line in details(root_stage)]
+
+    def draw(stage: Stage, prefix: str, last: bool) -> None:
+        drawn.add((stage.depth, stage.name))
+        lines.append(prefix + ("└── " if last else "├── ") + head(stage))
+        inner = prefix + ("    " if last else "│   ")
+        kids = [k for k in tree.children_of(stage) if (k.depth, k.name) not in drawn]
+        lines.extend(inner + ("│   " if kids else "    ") + d for d in details(stage))
+        for index, kid in enumerate(kids):
+            draw(kid, inner, index == len(kids) - 1)
+
+    top = tree.children_of(root_stage) if root_stage else []
+    for index, stage in enumerate(top):
+        draw(stage, "", index == len(top) - 1)
+    # Stages whose parent stage is not one level up (inconsistent depths) still get drawn.
+    stray = [s for s in tree.stages if (s.depth, s.name) not in drawn]
+    for index, stage in enumerate(stray):
+        draw(stage, "", index == len(stray) - 1)
+    return lines
+
+
+def _stuck_line(item: StuckStage, style: Style) -> str:
+    waiting = ", ".join(
+        f"{n:,} {s}" for s, n in ((s, item.states[s]) for s in state_order(item.states))
+    )
+    samples = ", ".join(short(args, 50) for args in item.sample_args if args) or "no args recorded"
+    text = (
+        f"{STUCK} {waiting} on queue {item.queue or '-'}, no progress since {when(item.since)}"
+        f" ({span(item.idle_seconds)}); e.g. {samples}"
+    )
+    return style.paint(text, "yellow")
+
+
+def _failure_line(group: FailureGroup, stage: FailingStage, style: Style) -> str:
+    text = f"{FAILING} {group.count:,} {group.error} ({group.count / stage.total:.0%})"
+    if group.samples:
+        sample = group.samples[0]
+        text += f", e.g. {sample.job_id} {short(sample.args, 50)}"
+        if sample.parent_job_id:
+            text += f" under {sample.parent_name or '?'} {sample.parent_job_id}"
+            text += f" {short(sample.parent_args, 40)}"
+        if sample.trace_id:
+            text += f" trace {sample.trace_id}"
+    return style.paint(text, "red")
+
+
+# The other read commands.
+
+
+def stats_lines(
+    stats: StageStats, flags: Mapping[tuple[int, str, str], str], style: Style
+) -> list[str]:
+    """The per-stage table of scenario 1, each row's flag (stuck, failing) in the last column."""
+    rows = []
+    for row in stats.rows:
+        flag = flags.get((row.depth, row.name, row.state), "")
+        mark = {"stuck": f"{STUCK} stuck", "failing": f"{FAILING} failing"}.get(flag, "")
+        rows.append(
+            [
+                str(row.depth),
+                row.name,
+                style.state(row.state),
+                f"{row.count:,}" if style.aligned else str(row.count),
+                style.paint(mark, "red" if flag == "failing" else "yellow"),
+            ]
+        )
+    return table(["depth", "job", "state", "count", "flag"], rows, style, right=[0, 3])
+
+
+def runs_lines(runs: Sequence[RunSummary], style: Style) -> list[str]:
+    """One line per run: root, when, size, health and its counts per state."""
+    paint = {"failing": ("red",), "active": ("cyan",), "ok": ("green",)}
+    rows = [
+        [
+            run.root.job_id,
+            run.root.name,
+            when(run.root.enqueued_at or run.root.started_at),
+            f"{run.total:,}" if style.aligned else str(run.total),
+            style.paint(run.health, *paint[run.health]),
+            state_counts(run.states, style) if style.aligned else _plain_counts(run.states),
+        ]
+        for run in runs
+    ]
+    return table(["root", "job", "started", "jobs", "health", "states"], rows, style, right=[3])
+
+
+def _plain_counts(states: Mapping[str, int]) -> str:
+    return ",".join(f"{s}={states[s]}" for s in state_order(states))
+
+
+def progress_lines(progress: Progress, children: Sequence[JobRow], style: Style) -> list[str]:
+    """Scenario 2: done / total of a parent's children, the crashed and failed ones, the list."""
+    p = progress
+    lines = [
+        f"{job_line(p.parent, style)}: {p.done:,}/{p.total:,} children done ({p.fraction:.1%})"
+        f" · {p.running:,} running · {p.pending:,} pending · {p.succeeded:,} succeeded"
+        f" · {style.paint(f'{p.failed:,} failed', 'red' if p.failed else 'dim')}"
+        f" · {style.paint(f'{p.crashed:,} crashed', 'red' if p.crashed else 'dim')}"
+    ]
+    for job in p.problems:
+        reason = job.error_message or job.reason or ""
+        lines.append(
+            "  " + style.state(job.state, f"{FAILING} {job.state}") + f" {job.job_id}"
+            f" {short(job.args, 100)}" + (f"  ({short(reason, 60)})" if reason else "")
+        )
+    if children:
+        lines.append("")
+        lines += jobs_table(children, style)
+    return lines
+
+
+def jobs_table(jobs: Sequence[JobRow], style: Style) -> list[str]:
+    """Jobs one per row: id, name, state, queue, times, error, args."""
+    rows = [
+        [
+            job.job_id,
+            job.name,
+            style.state(job.state),
+            job.queue or "-",
+            when(job.started_at),
+            span(job.duration),
+            job.error or "-",
+            short(job.args, 60),
+        ]
+        for job in jobs
+    ]
+    headers = ["job id", "job", "state", "queue", "started", "took", "error", "args"]
+    return table(headers, rows, style)
+
+
+def ancestors_lines(path: Sequence[JobRow], style: Style) -> list[str]:
+    """The path from the root down to a job, with trace ids."""
+    rows = [
+        [str(job.depth), job.job_id, job.name, style.state(job.state), job.trace_id or "-"]
+        for job in path
+    ]
+    return table(["depth", "job id", "job", "state", "trace id"], rows, style, right=[0])
+
+
+def why_lines(why: Why, style: Style) -> list[str]:
+    """The path, the earliest related failure and the job's attempts."""
+    lines = ["path:"]
+    for job in why.path:
+        mark = "  ← this job" if job.job_id == why.job.job_id else ""
+        lines.append(f"  {'  ' * (job.depth - why.path[0].depth)}{job_line(job, style)}{mark}")
+    lines.append(f"job: {_status(why.job)} · trace {why.job.trace_id or '-'}")
+    cause = why.cause
+    if cause is None:
+        lines.append("cause: nothing failed in this job, above it, below it or before it")
+    else:
+        relation = {
+            "self": "the job itself",
+            "ancestor": "an ancestor",
+            "descendant": "a descendant",
+            "sibling": "an earlier sibling, as a failed dependency would be",
+        }[why.relation or "self"]
+        lines.append(f"cause: {relation}")
+        lines.append(f"  {job_line(cause, style)}")
+        if cause.error_message or cause.reason:
+            lines.append(f"  {short(cause.error_message or cause.reason, 200)}")
+        lines.append(
+            f"  finished {when(cause.finished_at)} · trace {cause.trace_id or '-'}"
+            f" · span {cause.span_id or '-'} · args {short(cause.args, 80)}"
+        )
+    if why.attempts:
+        lines.append("attempts:")
+        for attempt in why.attempts:
+            error = attempt.error_type or attempt.reason or ""
+            host = f" on {attempt.host}" if attempt.host else ""
+            lines.append(
+                f"  #{attempt.attempt} {style.state(attempt.state)} {error}".rstrip()
+                + f" started {when(attempt.started_at)}{host} trace {attempt.trace_id or '-'}"
+            )
+    return lines
+
+
+def _status(job: JobRow) -> str:
+    """Where a job stands, in words: since when it waits, runs, or how it ended."""
+    queue = f" on queue {job.queue}" if job.queue else ""
+    if job.state in PENDING:
+        start = (
+            "never started" if job.started_at is None else f"last started {when(job.started_at)}"
+        )
+        return f"{job.state}{queue} since {when(job.enqueued_at)}, {start}"
+    if job.state == "running":
+        host = f" on {job.host}" if job.host else ""
+        return (
+            f"running{queue}{host} since {when(job.started_at)},"
+            f" last heartbeat {when(job.heartbeat_at)}"
+        )
+    return f"{job.state} at {when(job.finished_at)} after {span(job.duration)}"
+
+
+def diff_lines(diff: RunDiff, style: Style) -> list[str]:
+    """Per stage, run a against run b: jobs, state changes, median durations, top errors."""
+    lines = [f"a: {job_line(diff.a, style)}", f"b: {job_line(diff.b, style)}", ""]
+    rows = []
+    for stage in diff.stages:
+        deltas = ", ".join(
+            f"{s} {d:+,}"
+            for s, d in ((s, stage.state_deltas[s]) for s in state_order(stage.state_deltas))
+            if d
+        )
+        rows.append(
+            [
+                str(stage.depth),
+                stage.name,
+                f"{stage.a.total:,}",
+                f"{stage.b.total:,}",
+                _delta(stage.total_delta, style),
+                deltas or "-",
+                span(stage.a.median_seconds),
+                span(stage.b.median_seconds),
+                _top_error(stage.a.errors),
+                _top_error(stage.b.errors),
+            ]
+        )
+    headers = [
+        "depth",
+        "job",
+        "a",
+        "b",
+        "Δ",
+        "states Δ",
+        "median a",
+        "median b",
+        "error a",
+        "error b",
+    ]
+    return lines + table(headers, rows, style, right=[0, 2, 3, 4, 6, 7])
+
+
+def _delta(value: int, style: Style) -> str:
+    return style.paint(f"{value:+,}", "dim") if value == 0 else f"{value:+,}"
+
+
+def _top_error(errors: Sequence[ErrorCount]) -> str:
+    return f"{errors[0].error} ×{errors[0].count:,}" if errors else "-"
+
+
+def dump_json(value: object, out: TextIO) -> None:
+    """Pretty JSON with a final newline (``value`` already made of JSON types)."""
+    json.dump(value, out, ensure_ascii=False, indent=2)
+    out.write("\n")

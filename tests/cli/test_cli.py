@@ -1,0 +1,403 @@
+"""The ``jobtrace`` command line, called through ``main([...])`` on stores built row by row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jobtrace.demo
+from jobtrace.cli import main
+from tests.lineage.builders import CinemaRun, TreeBuilder, cinema_run, create_schema
+
+
+@pytest.fixture
+def cinema(store_url: str) -> tuple[str, TreeBuilder, CinemaRun]:
+    """A stored cinema run (plus an older one) on each backend, and what it holds."""
+    engine = create_schema(store_url)
+    builder = TreeBuilder()
+    cinema_run(builder, random.Random(8), start=-86400)
+    run = cinema_run(builder, random.Random(9))
+    builder.insert(engine)
+    engine.dispose()
+    return store_url, builder, run
+
+
+@pytest.fixture
+def sqlite_cinema(sqlite_url: str) -> tuple[str, TreeBuilder, CinemaRun]:
+    """The same on SQLite only, for behaviour that does not depend on the backend."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    run = cinema_run(builder, random.Random(10))
+    builder.insert(engine)
+    engine.dispose()
+    return sqlite_url, builder, run
+
+
+class FakeTerminal(io.StringIO):
+    """A stdout that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stage_line(out: str, name: str) -> str:
+    """The tree line that heads stage ``name``."""
+    return next(line for line in out.splitlines() if f"── {name} " in line)
+
+
+def test_tree_marks_the_stuck_and_the_failing_stage(
+    capsys: pytest.CaptureFixture[str], cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """tree puts ⚠ on the stage waiting on a dead queue and ✗ on the stage with discards only."""
+    url, builder, run = cinema
+    code, out, _ = run_cli(capsys, "--database-url", url, "tree", run.root)
+    assert code == 0
+    assert out.splitlines()[0].startswith(f"SyncJob {run.root} succeeded")
+    assert builder.jobs[run.root]["trace_id"] in out.splitlines()[0]
+    detail = stage_line(out, "MovieDetailJob")
+    assert "⚠" in detail
+    assert "✗" not in detail
+    showtime = stage_line(out, "ShowtimeProcessJob")
+    assert "✗" in showtime
+    assert "⚠" not in showtime
+    for quiet in ("PriceJob", "NotifyJob"):
+        assert "⚠" not in stage_line(out, quiet)
+        assert "✗" not in stage_line(out, quiet)
+    assert f"on queue {run.stuck_queue}" in out
+    discarded = sum(row["state"] == "discarded" for row in builder.under(run.root))
+    assert f"✗ {discarded} {run.failing_error}" in out
+    assert "\x1b[" not in out, "no colour when piped"
+
+
+def test_tree_waits_for_the_stuck_threshold(
+    capsys: pytest.CaptureFixture[str], sqlite_cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """With a threshold longer than the run's age nothing is marked stuck."""
+    url, _, run = sqlite_cinema
+    code, out, _ = run_cli(
+        capsys, "--database-url", url, "tree", run.root, "--stuck-after", str(100 * 365 * 86400)
+    )
+    assert code == 0
+    assert "⚠" not in out
+    assert "✗" in out
+
+
+def test_stats_prints_the_stage_table_tab_separated_when_piped(
+    capsys: pytest.CaptureFixture[str], cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """stats prints one tab-separated row per (depth, job, state) with its flag."""
+    url, builder, run = cinema
+    code, out, _ = run_cli(capsys, "stats", run.pages[0], "--database-url", url)
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(out), delimiter="\t"))
+    assert rows[0] == ["depth", "job", "state", "count", "flag"]
+    got = {(int(r[0]), r[1], r[2]): int(r[3]) for r in rows[1:]}
+    assert got == dict(builder.counts(builder.under(run.root)))
+    flags = {(r[1], r[2]): r[4] for r in rows[1:]}
+    assert flags[("MovieDetailJob", "queued")] == "⚠ stuck"
+    assert flags[("ShowtimeProcessJob", "discarded")] == "✗ failing"
+    assert flags[("ShowtimeProcessJob", "succeeded")] == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["runs"],
+        ["tree", "{root}"],
+        ["stats", "{root}"],
+        ["children", "{page}"],
+        ["ancestors", "{page}"],
+        ["why", "{page}"],
+        ["diff", "{root}", "{page}"],
+    ],
+)
+def test_every_read_command_prints_json_on_request(
+    capsys: pytest.CaptureFixture[str],
+    cinema: tuple[str, TreeBuilder, CinemaRun],
+    command: list[str],
+) -> None:
+    """--json makes each read command print one JSON document and nothing else."""
+    url, _, run = cinema
+    argv = [arg.format(root=run.root, page=run.pages[0]) for arg in command]
+    code, out, _ = run_cli(capsys, "--database-url", url, *argv, "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert run.root in json.dumps(document)
+
+
+def test_children_json_counts_progress_exactly(
+    capsys: pytest.CaptureFixture[str], sqlite_cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """children --json carries done / total and every child of the parent."""
+    url, builder, run = sqlite_cinema
+    code, out, _ = run_cli(capsys, "--database-url", url, "children", run.root, "--json")
+    assert code == 0
+    document = json.loads(out)
+    pages = [row for row in builder.jobs.values() if row["parent_job_id"] == run.root]
+    done = sum(row["state"] == "succeeded" for row in pages)
+    assert document["progress"]["total"] == len(pages)
+    assert document["progress"]["done"] == done
+    assert document["progress"]["fraction"] == done / len(pages)
+    assert {c["job_id"] for c in document["children"]} == {row["job_id"] for row in pages}
+
+
+def test_children_names_the_documents_of_a_crashed_batch(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """Scenario 2: children shows done / total and the crashed batch with its documents."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    upload = builder.job("UploadJob", state="running", heartbeat=50)
+    batches = random.Random(2).randint(3, 8)
+    for number in range(batches):
+        builder.job("BatchJob", upload, args={"documents": [{"source": "PMC", "id": number}]})
+    builder.job(
+        "BatchJob",
+        upload,
+        state="crashed",
+        args={"documents": [{"source": "PMC", "id": "4402192"}]},
+        reason="no heartbeat for 60s",
+    )
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(capsys, "--database-url", sqlite_url, "children", upload, "--limit", "2")
+    assert code == 0
+    assert f"{batches + 1}/{batches + 1} children done (100.0%)" in out.splitlines()[0]
+    crashed = next(line for line in out.splitlines() if "✗ crashed" in line)
+    assert '"4402192"' in crashed
+    assert "no heartbeat" in crashed
+    assert f"… {batches - 1} more (--limit)" in out
+
+
+def test_unknown_id_exits_1_with_a_message(
+    capsys: pytest.CaptureFixture[str], sqlite_cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """An id the store never saw is one line on stderr and exit status 1, for every command."""
+    url = sqlite_cinema[0]
+    for command in (["tree"], ["stats"], ["children"], ["why"], ["export"], ["diff", "x"]):
+        code, out, err = run_cli(capsys, "--database-url", url, *command, "no-such-job")
+        assert code == 1, command
+        assert "no job 'no-such-job'" in err or "no job 'x'" in err
+        assert len(err.strip().splitlines()) == 1
+        assert "Traceback" not in err
+        assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "bad database URL"),
+        ("nosuchdialect://host/db", "bad database URL"),
+    ],
+)
+def test_bad_url_exits_1_with_a_message(
+    capsys: pytest.CaptureFixture[str], url: str, message: str
+) -> None:
+    """A URL SQLAlchemy cannot use is a one-line error, not a traceback."""
+    code, _, err = run_cli(capsys, "--database-url", url, "runs")
+    assert code == 1
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreachable_postgres_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A PostgreSQL server that refuses connections is reported as such, exit status 1."""
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/jobtrace"
+    code, _, err = run_cli(capsys, "--database-url", url, "tree", "some-job")
+    assert code == 1
+    assert "127.0.0.1:1/jobtrace" in err
+    assert "refused" in err.lower()
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_sqlite_file_is_not_created(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Reading a SQLite store that does not exist fails without creating an empty file."""
+    path = tmp_path / "typo.db"
+    code, _, err = run_cli(capsys, "--database-url", f"sqlite:///{path}", "runs")
+    assert code == 1
+    assert "no lineage store at" in err
+    assert not path.exists()
+
+
+def test_a_database_without_the_schema_asks_for_an_upgrade(
+    capsys: pytest.CaptureFixture[str], postgres_url: str
+) -> None:
+    """A reachable database with no jobtrace tables points at `jobtrace db upgrade`."""
+    code, _, err = run_cli(capsys, "--database-url", postgres_url, "runs")
+    assert code == 1
+    assert "jobtrace db upgrade" in err
+
+
+def test_db_upgrade_then_runs_on_a_fresh_store(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """db upgrade creates the schema, after which runs answers that nothing is recorded."""
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code, out, _ = run_cli(capsys, "db", "upgrade", "--database-url", url)
+    assert code == 0
+    assert "latest schema" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "runs")
+    assert (code, out) == (0, "no runs recorded\n")
+
+
+def test_runs_lists_runs_newest_first(
+    capsys: pytest.CaptureFixture[str], cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """runs lists each root once, the latest first, with its job count and health."""
+    url, builder, run = cinema
+    code, out, _ = run_cli(capsys, "--database-url", url, "runs", "--limit", "5")
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(out), delimiter="\t"))
+    assert rows[1][:2] == [run.root, "SyncJob"]
+    assert rows[1][3] == str(len(builder.under(run.root)))
+    assert rows[1][4] == "failing"
+    assert len(rows) == 3
+
+
+def test_the_database_url_comes_from_the_environment(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_cinema: tuple[str, TreeBuilder, CinemaRun],
+) -> None:
+    """Without --database-url, JOBTRACE_DATABASE_URL names the store."""
+    url, _, run = sqlite_cinema
+    monkeypatch.setenv("JOBTRACE_DATABASE_URL", url)
+    code, out, _ = run_cli(capsys, "ancestors", run.pages[0])
+    assert code == 0
+    assert [line.split("\t")[1] for line in out.splitlines()[1:]] == [run.root, run.pages[0]]
+
+
+def test_export_writes_csv_and_nested_json(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    sqlite_cinema: tuple[str, TreeBuilder, CinemaRun],
+) -> None:
+    """export -o writes one CSV row per job; --nested JSON holds the whole subtree."""
+    url, builder, run = sqlite_cinema
+    target = tmp_path / "run.csv"
+    code, _, err = run_cli(
+        capsys, "--database-url", url, "export", run.root, "--format", "csv", "-o", str(target)
+    )
+    assert code == 0
+    rows = list(csv.DictReader(target.open(encoding="utf-8", newline="")))
+    assert len(rows) == len(builder.under(run.root))
+    assert f"wrote {len(rows)} jobs" in err
+    code, out, _ = run_cli(capsys, "--database-url", url, "export", run.pages[1], "--nested")
+    assert code == 0
+
+    def count(node: dict[str, object]) -> int:
+        return 1 + sum(count(child) for child in node["children"])  # type: ignore[attr-defined]
+
+    assert count(json.loads(out)) == len(builder.subtree(run.pages[1]))
+
+
+def test_export_shows_progress_on_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_cinema: tuple[str, TreeBuilder, CinemaRun],
+) -> None:
+    """Exporting with stderr on a terminal reports jobs written; piped stderr stays quiet."""
+    url, builder, run = sqlite_cinema
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["--database-url", url, "export", run.root]) == 0
+    total = len(builder.under(run.root))
+    assert f"exporting {total}/{total} jobs" in terminal.getvalue()
+    assert len(json.loads(capsys.readouterr().out)["jobs"]) == total
+
+
+def test_colour_only_on_a_terminal_without_no_color(
+    monkeypatch: pytest.MonkeyPatch, sqlite_cinema: tuple[str, TreeBuilder, CinemaRun]
+) -> None:
+    """ANSI colours and aligned columns on a terminal; NO_COLOR keeps alignment, drops colour."""
+    url, _, run = sqlite_cinema
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(["--database-url", url, "stats", run.root]) == 0
+    assert "\x1b[" in terminal.getvalue()
+    assert "\t" not in terminal.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", plain)
+    assert main(["--database-url", url, "stats", run.root]) == 0
+    lines = plain.getvalue().splitlines()
+    assert "\x1b[" not in plain.getvalue()
+    assert "\t" not in plain.getvalue()
+    assert lines[1].index("SyncJob") == lines[0].index("job")
+    column = lines[0].index("state")
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines[1:])
+
+
+def test_demo_hands_its_arguments_to_jobtrace_demo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """demo passes everything after it, --help included, and the global URL to jobtrace.demo."""
+    seen: list[list[str]] = []
+
+    def fake_demo(argv: list[str] | None = None) -> int:
+        seen.append(list(argv or []))
+        return 7
+
+    monkeypatch.setattr(jobtrace.demo, "main", fake_demo)
+    assert main(["demo", "--pages", "5", "--help"]) == 7
+    assert main(["--database-url", "sqlite:///x.db", "demo", "--seed", "1"]) == 7
+    assert seen == [["--pages", "5", "--help"], ["--database-url", "sqlite:///x.db", "--seed", "1"]]
+
+
+def test_reap_marks_a_silent_running_job_crashed(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """reap declares a running job without recent heartbeats crashed and prints its id."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    root = builder.job("UploadJob", state="running", heartbeat=1)
+    silent = builder.job("BatchJob", root, state="running", heartbeat=2)
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(
+        capsys, "--database-url", sqlite_url, "reap", "--heartbeat-timeout", "60", "--json"
+    )
+    assert code == 0
+    assert silent in json.loads(out)["crashed"]
+    code, out, _ = run_cli(capsys, "--database-url", sqlite_url, "children", root, "--json")
+    assert json.loads(out)["progress"]["crashed"] == 1
+
+
+def test_usage_errors_return_2_without_raising(capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing id, an unknown option or no command at all is a usage message and status 2."""
+    assert main(["tree"]) == 2
+    assert main(["runs", "--bogus"]) == 2
+    assert main([]) == 2
+    assert "usage: jobtrace" in capsys.readouterr().err
+
+
+def test_python_dash_m_jobtrace_runs_the_cli(
+    sqlite_cinema: tuple[str, TreeBuilder, CinemaRun],
+) -> None:
+    """`python -m jobtrace` is the jobtrace command."""
+    url, _, run = sqlite_cinema
+    done = subprocess.run(
+        [sys.executable, "-m", "jobtrace", "--database-url", url, "why", run.pages[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("path:")
