@@ -7,7 +7,6 @@ import itertools
 import threading
 
 import pytest
-from jobtrace.testing import capture_telemetry
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -15,6 +14,7 @@ import jobtrace
 from jobtrace._internal import records
 from jobtrace._internal.records import JobRecord, JobState
 from jobtrace.local import LocalQueue
+from jobtrace.testing import capture_telemetry
 
 
 def _process_spans(spans: list[ReadableSpan], name: str) -> list[ReadableSpan]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from examples.hourly_sync import sync
-from jobtrace.testing import capture_telemetry
 from opentelemetry.trace import SpanKind
 
 import jobtrace
+from jobtrace.testing import capture_telemetry
 
 
 def test_sections_nest_users_under_the_cron_job() -> None:
