@@ -1,0 +1,242 @@
+"""Fixtures of the Dramatiq tests: a per-test queue, a real worker, the producer's spans beside its."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dramatiq.broker import Broker
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from jobtrace.integrations.dramatiq import DramatiqInstrumentor, instrument_dramatiq
+from tests.integrations.dramatiq.actors import (
+    RABBITMQ_URL,
+    REDIS_URL,
+    Actors,
+    declare_actors,
+    make_broker,
+)
+from tests.integrations.harness import SPANS_ENV, Worker, read_spans, span_to_dict, wait_for
+from tests.services import require
+
+APP = "tests.integrations.dramatiq.app"
+
+
+class _CurrentTestExporter(SpanExporter):
+    """Sends the test process's spans to the current test's spans file, if any."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            if self.path is not None:
+                with open(self.path, "a", encoding="utf-8") as stream:
+                    for span in spans:
+                        stream.write(json.dumps(span_to_dict(span)) + "\n")
+        return SpanExportResult.SUCCESS
+
+
+_exporter = _CurrentTestExporter()
+_providers_with_exporter: set[int] = set()
+
+
+@pytest.fixture
+def spans_path(tmp_path: Path) -> Iterator[Path]:
+    """One JSON-lines file that receives this process's spans and the workers' spans."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+        provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    if id(provider) not in _providers_with_exporter:
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        _providers_with_exporter.add(id(provider))
+    path = tmp_path / "spans.jsonl"
+    _exporter.path = path
+    try:
+        yield path
+    finally:
+        _exporter.path = None
+
+
+@pytest.fixture
+def redis_db() -> Iterator[None]:
+    """Redis database 4, emptied after the test."""
+    require("redis")
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def delete_rabbitmq_queues(queue: str) -> None:
+    """Delete a Dramatiq queue and its delay and dead-letter queues from RabbitMQ."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        channel = connection.channel()
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+
+
+@dataclass
+class Setup:
+    """A broker, its actors on a fresh queue, and the worker processes started on it."""
+
+    kind: str
+    queue: str
+    broker: Broker
+    actors: Actors
+    spans_path: Path
+    database_url: str
+    tmp_path: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    def start_worker(self, *, threads: int = 2, **env: str) -> Worker:
+        """A ``dramatiq`` CLI worker (one process) on this test's queue, ready to consume."""
+        log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
+        worker = Worker.python(
+            "-m",
+            "dramatiq",
+            APP,
+            "--processes",
+            "1",
+            "--threads",
+            str(threads),
+            "--queues",
+            self.queue,
+            env={
+                "JOBTRACE_DRAMATIQ_BROKER": self.kind,
+                "JOBTRACE_DRAMATIQ_QUEUE": self.queue,
+                SPANS_ENV: str(self.spans_path),
+                "JOBTRACE_DATABASE_URL": self.database_url,
+                **env,
+            },
+            log_path=log_path,
+        )
+        self.workers.append(worker)
+        wait_for(
+            lambda: "ready for action" in worker.log() or worker.process.poll() is not None,
+            timeout=30,
+            what="the dramatiq worker to boot",
+        )
+        assert worker.process.poll() is None, worker.log()
+        return worker
+
+    def stop_worker(self, worker: Worker) -> None:
+        """Warm shutdown: SIGTERM to the main process only, which passes it on once.
+
+        A SIGTERM to the whole process group reaches the worker process twice (directly and from
+        the main process), and Dramatiq kills a worker process on the second one.
+        """
+        if worker.process.poll() is None:
+            worker.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(15)
+        worker.stop()
+
+    def spans(self) -> list[dict[str, Any]]:
+        """Every span so far, from this process and the workers."""
+        return read_spans(self.spans_path)
+
+    def process_spans(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Finished ``process`` spans, of one job name if given."""
+        return [
+            span
+            for span in self.spans()
+            if span["kind"] == "CONSUMER"
+            and (name is None or span["attributes"].get("jobtrace.job.name") == name)
+        ]
+
+    def wait_for_process_spans(self, count: int, name: str | None = None) -> list[dict[str, Any]]:
+        """Wait until ``count`` process spans have ended; show the worker logs if they do not."""
+        try:
+            return wait_for(
+                lambda: (spans := self.process_spans(name)) and len(spans) >= count and spans,
+                timeout=30,
+                what=f"{count} process spans of {name or 'any job'}",
+            )
+        except AssertionError as error:
+            logs = "\n".join(worker.log() for worker in self.workers)
+            raise AssertionError(f"{error}\n--- worker logs ---\n{logs}") from None
+
+
+def _make_setup(
+    kind: str, tmp_path: Path, spans_path: Path, database_url: str, *, instrument: bool
+) -> Iterator[Setup]:
+    require(kind)
+    queue = f"jobtrace-test-{uuid.uuid4().hex[:12]}"
+    if instrument:
+        # The producer's side: traced, but its lineage comes from the worker's records.
+        instrument_dramatiq(record=False)
+    broker = make_broker(kind)
+    setup = Setup(
+        kind=kind,
+        queue=queue,
+        broker=broker,
+        actors=declare_actors(broker, queue),
+        spans_path=spans_path,
+        database_url=database_url,
+        tmp_path=tmp_path,
+    )
+    try:
+        yield setup
+    finally:
+        for worker in setup.workers:
+            worker.stop()  # quick: the group's SIGTERM makes Dramatiq kill its worker process
+        DramatiqInstrumentor().uninstrument()
+        broker.close()
+        if kind == "rabbitmq":
+            delete_rabbitmq_queues(queue)
+
+
+@pytest.fixture
+def database_url() -> str:
+    """The lineage store the workers write to: the per-test SQLite file of the suite's conftest."""
+    return os.environ["JOBTRACE_DATABASE_URL"]
+
+
+@pytest.fixture
+def redis_setup(
+    redis_db: None, tmp_path: Path, spans_path: Path, database_url: str
+) -> Iterator[Setup]:
+    """An instrumented producer on Redis database 4, with a fresh queue."""
+    yield from _make_setup("redis", tmp_path, spans_path, database_url, instrument=True)
+
+
+@pytest.fixture
+def plain_redis_setup(
+    redis_db: None, tmp_path: Path, spans_path: Path, database_url: str
+) -> Iterator[Setup]:
+    """A producer without jobtrace on Redis database 4, with a fresh queue."""
+    yield from _make_setup("redis", tmp_path, spans_path, database_url, instrument=False)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_setup(
+    request: pytest.FixtureRequest, tmp_path: Path, spans_path: Path, database_url: str
+) -> Iterator[Setup]:
+    """An instrumented producer on Redis, then on RabbitMQ."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_db")
+    yield from _make_setup(request.param, tmp_path, spans_path, database_url, instrument=True)
