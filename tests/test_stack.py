@@ -46,3 +46,26 @@ def test_workers_export_to_the_collector() -> None:
     assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     collector = _load("collector-config/otel-collector.yaml")
     assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+
+
+def test_compose_commands_name_code_that_exists() -> None:
+    """The worker class and the jobtrace subcommands the stack runs exist in this checkout."""
+    import argparse
+    import importlib
+    import re
+
+    from jobtrace.cli.commands import build_parser
+
+    compose = _load("docker-compose.yml")
+    commands = " ".join(str(s.get("command", "")) for s in compose["services"].values())
+    for dotted in re.findall(r"--worker-class (\S+)", commands):
+        module, _, name = dotted.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), dotted
+    subcommands = set(re.findall(r"\bjobtrace (\w+)", commands))
+    assert subcommands == {"db", "web"}
+    (choices,) = [
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert subcommands <= set(choices)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -76,8 +76,7 @@ class Cinema:
 
     queue: LocalQueue
     options: DemoOptions
-    rng: random.Random
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    seed: int
 
     def sync_job(self, source: str) -> None:
         """Schedules one page job per movie; the last few wait for a later pass."""
@@ -95,11 +94,15 @@ class Cinema:
             )
             jobtrace.count(processed=1)
 
+    def _rng_for(self, *job: object) -> random.Random:
+        """A job's own random draws: the same seed gives the same run, whatever the thread order."""
+        return random.Random(f"{self.seed}:{job}")
+
     def movie_page_job(self, movie_id: str) -> None:
         """Spawns the movie's detail job and its showtime jobs."""
-        with self.lock:
-            stuck = self.rng.random() < self.options.stuck_rate
-            showtimes = max(1, int(self.rng.gauss(self.options.showtimes, 2)))
+        rng = self._rng_for(movie_id)
+        stuck = rng.random() < self.options.stuck_rate
+        showtimes = max(1, int(rng.gauss(self.options.showtimes, 2)))
         self.queue.enqueue(
             self.movie_detail_job,
             name="MovieDetailJob",
@@ -123,8 +126,7 @@ class Cinema:
 
     def showtime_process_job(self, movie_id: str, showtime: int) -> None:
         """Stores one showtime; discarded when its movie is not ready yet."""
-        with self.lock:
-            not_ready = self.rng.random() < self.options.fail_rate
+        not_ready = self._rng_for(movie_id, showtime).random() < self.options.fail_rate
         if not_ready:
             jobtrace.discard("movie_not_ready")
             return
@@ -177,7 +179,7 @@ def run_demo(
     queue = LocalQueue(
         {"sync": 1, "pages": workers, "details": workers, "details-legacy": 0, "showtimes": workers}
     )
-    cinema = Cinema(queue, options, random.Random(options.seed))
+    cinema = Cinema(queue, options, options.seed)
     root_id = queue.enqueue(cinema.sync_job, name="SyncJob", queue="sync", source="cinema-demo")
     queue.join()
     queue.shutdown()
@@ -221,5 +223,6 @@ def _print_tree(root_id: str, database_url: str | None) -> None:
     from jobtrace.cli import main as cli_main
 
     url_args = ["--database-url", database_url] if database_url else []
-    cli_main([*url_args, "tree", root_id])
-    cli_main([*url_args, "stats", root_id])
+    # The run lasted seconds: a stage that made no progress at all during it is stuck.
+    cli_main([*url_args, "tree", root_id, "--stuck-after", "0"])
+    cli_main([*url_args, "stats", root_id, "--stuck-after", "0"])
