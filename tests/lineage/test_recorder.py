@@ -307,3 +307,22 @@ def test_a_worker_killed_mid_job_is_reaped_as_crashed(sqlite_url: str, tmp_path:
     assert (progress.total, progress.done, progress.succeeded, progress.crashed) == (3, 3, 2, 1)
     assert progress.complete
     assert [job.job_id for job in progress.problems] == list(crashed)
+
+
+def test_a_record_the_store_refuses_costs_only_itself(sqlite_url: str) -> None:
+    """One unwritable record (a time out of range) is dropped; the rest of its batch is stored."""
+    recorder = Recorder(sqlite_url, write_interval=60)
+    try:
+        recorder.prepare()
+        for n, enqueued_at in enumerate([1.7e9, 1e300, 1.7e9]):
+            recorder(
+                JobRecord(
+                    "enqueued", f"job-{n}", 1, "PageJob", JobState.QUEUED, enqueued_at=enqueued_at
+                )
+            )
+        assert recorder.flush(10)
+        assert (recorder.written, recorder.dropped) == (2, 1)
+        with LineageStore(sqlite_url) as store:
+            assert [store.job(f"job-{n}").state for n in (0, 2)] == ["queued", "queued"]
+    finally:
+        recorder.close()

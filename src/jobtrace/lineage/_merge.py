@@ -83,8 +83,23 @@ def _text(value: str | None, limit: int) -> str | None:
     """No NUL (PostgreSQL refuses it), no unpaired surrogate, at most ``limit`` characters."""
     if value is None:
         return None
-    value = value[:limit].replace("\x00", "\ufffd")
+    if len(value) > limit:
+        value = value[:limit]
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if value.isascii():
+        return value  # the common case: nothing to re-encode
     return value.encode("utf-8", "replace").decode("utf-8")
+
+
+_INT_MAX = 2**31 - 1
+
+
+def _int(value: int | None) -> int | None:
+    """An integer that fits a 32-bit column: one absurd count must not fail a whole batch."""
+    if value is None:
+        return None
+    return max(-_INT_MAX, min(int(value), _INT_MAX))
 
 
 def job_row(record: JobRecord, now: float) -> Row:
@@ -93,14 +108,14 @@ def job_row(record: JobRecord, now: float) -> Row:
     items = record.items
     return {
         "job_id": job_id,
-        "attempt": record.attempt,
+        "attempt": _int(record.attempt) or 1,
         "state": record.state.value,
         "name": _text(record.name, NAME_LENGTH),
         "queue": _text(record.queue, NAME_LENGTH),
         "system": _text(record.system, 64),
         "parent_job_id": safe_id(record.parent_job_id),
         "root_job_id": safe_id(record.root_job_id) or job_id,
-        "depth": record.depth,
+        "depth": _int(record.depth) or 0,
         "args": _text(record.args, MAX_TEXT),
         "enqueued_at": record.enqueued_at,
         "trace_id": _text(record.trace_id, 32),
@@ -109,14 +124,14 @@ def job_row(record: JobRecord, now: float) -> Row:
         "error_message": _text(record.error_message, MAX_TEXT),
         "reason": _text(record.reason, MAX_TEXT),
         "host": _text(record.host, NAME_LENGTH),
-        "pid": record.pid,
+        "pid": _int(record.pid),
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "heartbeat_at": record.heartbeat_at,
-        "items_total": items.get("total"),
-        "items_processed": items.get("processed"),
-        "items_failed": items.get("failed"),
-        "items_skipped": items.get("skipped"),
+        "items_total": _int(items.get("total")),
+        "items_processed": _int(items.get("processed")),
+        "items_failed": _int(items.get("failed")),
+        "items_skipped": _int(items.get("skipped")),
         "progress": record.progress,
         "updated_at": now,
     }

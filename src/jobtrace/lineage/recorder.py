@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobtrace._internal import records
 from jobtrace._internal.config import get_settings
@@ -96,9 +97,7 @@ class Recorder:
         self._accepted += 1
         if self._thread is None and not self._closed:
             self._start_thread()
-        elif len(buffer) == 1 or len(buffer) >= self.batch_size:
-            # An idle writer writes at once (a job killed a moment after it started is still
-            # on record); a busy one collects a batch meanwhile.
+        elif len(buffer) >= self.batch_size:
             self._wake.set()
 
     # -- control -------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ class Recorder:
         self._progress = threading.Condition()
         # Held while this process is inside the database driver: fork waits for it (see
         # _before_fork), because SQLite's global mutexes held at fork deadlock the child.
-        self._db_lock = threading.Lock()
+        self._db_lock = threading.RLock()
         self._held_for_fork = False
         self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -178,7 +177,9 @@ class Recorder:
             self._thread = threading.Thread(
                 target=self._run, name="jobtrace-lineage-recorder", daemon=True
             )
-            self._wake.set()  # the record that started the thread is written at once
+            # The first record of a process is written at once: in a work horse that is the job's
+            # start, on record even if the horse dies a moment later. Later ones wait for a batch.
+            self._wake.set()
             self._thread.start()
 
     def _run(self) -> None:
@@ -202,25 +203,36 @@ class Recorder:
                 self._progress.notify_all()
 
     def _write_batch(self, batch: Sequence[JobRecord]) -> None:
-        now = time.time()
-        jobs, attempts = _merge.rows(batch, now)
+        if not self._schema_ready and not self.prepare():
+            self.dropped += len(batch)
+            return
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                with suppress_instrumentation():
-                    if not self._schema_ready:
-                        ensure_schema(self._engine)
-                        self._schema_ready = True
-                    with self._engine.begin() as conn:
-                        _merge.upsert_jobs(conn, jobs)
-                        _merge.upsert_attempts(conn, attempts)
+                self._write(batch)
                 self.written += len(batch)
                 return
-            except Exception as error:
+            except (OperationalError, InterfaceError) as error:  # the store is down or busy
                 if attempt == _WRITE_ATTEMPTS:
                     self.dropped += len(batch)
                     self._warn(f"writing {len(batch)} lineage records failed: {error}")
                     return
                 time.sleep(0.05 * attempt)
+            except Exception as error:
+                # A record the database refuses: write the rest without it.
+                if len(batch) == 1:
+                    self.dropped += 1
+                    self._warn(f"the lineage store refused a record of {batch[0].name}: {error}")
+                    return
+                half = len(batch) // 2
+                self._write_batch(batch[:half])
+                self._write_batch(batch[half:])
+                return
+
+    def _write(self, batch: Sequence[JobRecord]) -> None:
+        jobs, attempts = _merge.rows(batch, time.time())
+        with suppress_instrumentation(), self._engine.begin() as conn:
+            _merge.upsert_jobs(conn, jobs)
+            _merge.upsert_attempts(conn, attempts)
 
     def _heartbeat(self) -> None:
         """Tell the store that the jobs running here are alive (a crashed one comes back)."""
