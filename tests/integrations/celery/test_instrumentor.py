@@ -360,3 +360,17 @@ def test_opentelemetry_instrument_loads_the_entry_point(disabled: str) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == [str(not disabled), "True"]
+
+
+def test_after_auto_instrumentation_is_a_post_instrument_entry_point() -> None:
+    """opentelemetry-instrument runs it after every instrumentor, through its entry point group."""
+    from importlib.metadata import entry_points
+
+    from jobtrace.integrations.celery import after_auto_instrumentation
+
+    (ours,) = [
+        point
+        for point in entry_points(group="opentelemetry_post_instrument")
+        if point.name == "jobtrace-celery"
+    ]
+    assert ours.load() is after_auto_instrumentation
