@@ -14,9 +14,13 @@ from tests.services import POSTGRES_ADMIN_URL, require
 
 
 @pytest.fixture(autouse=True)
-def _isolated_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test writes into the user's default lineage store."""
+def _isolated_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test writes into the user's default lineage store, nor into the next test's."""
     monkeypatch.setenv("JOBTRACE_DATABASE_URL", f"sqlite:///{tmp_path / 'jobtrace.db'}")
+    yield
+    from jobtrace.lineage.recorder import stop_recorder
+
+    stop_recorder()  # the recorder is one per process; this test's store is gone
 
 
 @pytest.fixture

@@ -49,15 +49,16 @@ def test_capture_restores_settings_propagator_and_sinks() -> None:
     """Settings, the propagator and the record sink set up inside do not outlive the capture."""
     settings = get_settings()
     propagator = propagate.get_global_textmap()
+    sinks = records._sinks
     replacement: TextMapPropagator = TraceContextTextMapPropagator()
     with capture_telemetry(propagator=replacement, settings={"relationship": "none"}) as telemetry:
         assert propagate.get_global_textmap() is replacement
         assert get_settings().relationship == "none"
         jobtrace.configure(relationship="link", record=False)
-        assert records.has_sinks()
+        assert len(records._sinks) == len(sinks) + 1
     assert get_settings() is settings
     assert propagate.get_global_textmap() is propagator
-    assert not records.has_sinks()
+    assert records._sinks == sinks
     assert telemetry.records == []
 
 
