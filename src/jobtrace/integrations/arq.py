@@ -191,7 +191,9 @@ ATTEMPT_KEY_PREFIX = "jobtrace:arq:attempt:"
 """Prefix of the Redis key holding the latest attempt's retry metadata, per job id."""
 ATTEMPT_KEY_GRACE = 300  # seconds past arq's in-progress timeout: a dead worker's job is re-run
 RETRY_KEY_TTL = 88_400  # seconds, as arq's own retry counter (``arq:retry:<job id>``)
-TIMEOUT_TOLERANCE = 0.1  # seconds: the attempt starts a loop step after arq's timeout does
+# The attempt starts a loop step (on a loaded machine: much) after arq's timeout clock does, and
+# nothing but a timeout, an abort or a shutdown cancels a job: be generous.
+TIMEOUT_TOLERANCE = 0.5
 
 # The arq keywords of ``enqueue_job``: everything else is the function's own keyword arguments.
 _ARQ_KEYWORDS = frozenset(
@@ -504,7 +506,8 @@ def _decide_outcome(
             return _Outcome(error, False, JobState.CANCELLED, "aborted")
         stopping = _stopping(worker)
         timeout = worker.job_timeout_s if function.timeout_s is None else function.timeout_s
-        if not stopping and timeout and elapsed + TIMEOUT_TOLERANCE >= timeout:
+        tolerance = max(TIMEOUT_TOLERANCE, timeout / 2) if timeout else 0.0
+        if not stopping and timeout and elapsed + tolerance >= timeout:
             timed_out = asyncio.TimeoutError(f"job timed out after {timeout:g}s")
             return _Outcome(timed_out, False, JobState.FAILED, "timeout")
         reason = "worker_shutdown" if stopping else "cancelled"

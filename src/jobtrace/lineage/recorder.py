@@ -333,7 +333,10 @@ def start_recorder(
         if current is not None:
             current.close()
         _recorder = Recorder(url, heartbeat_interval=heartbeat_interval)
-        _recorder.prepare()
+        if _recorder.engine.dialect.name == "sqlite":
+            # A local file: create the tables now, so a reader started next finds them. A server
+            # may be slow to answer; the writer thread prepares it before its first write.
+            _recorder.prepare()
         records.add_sink(_recorder)
         return _recorder
 

@@ -23,6 +23,7 @@ VERSION_TABLE = "jobtrace_alembic_version"
 #: The newest migration; a test checks it against the migration scripts.
 HEAD_REVISION = "0001"
 SQLITE_BUSY_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10
 _PG_LOCK_KEY = 0x6A6F6274  # "jobt": serialises concurrent upgrades on PostgreSQL
 
 
@@ -47,6 +48,9 @@ def create_store_engine(url: str | None = None, **kwargs: Any) -> Engine:
     except ArgumentError as error:
         raise StoreError(f"bad database URL: {error}") from None
     if parsed.get_backend_name() != "sqlite":
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            # libpq waits forever for an unreachable host by default; a worker must not.
+            kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", CONNECT_TIMEOUT)
         try:
             return create_engine(parsed, pool_pre_ping=True, **kwargs)
         except NoSuchModuleError as error:
