@@ -30,6 +30,7 @@ from rq.job import Job, JobStatus
 import jobtrace
 from examples.batch_upload.upload import process_upload, write_upload
 from jobtrace.integrations.rq import instrument_rq
+from jobtrace.lineage import upgrade
 from jobtrace.lineage.reaper import reap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +109,7 @@ def run(
     """Upload, watch, reap; returns the upload job's report."""
     os.environ["JOBTRACE_DATABASE_URL"] = database_url
     upload = write_upload(workdir / "annotations.jsonl", documents)
+    upgrade(database_url)  # the tables exist before the workers write or this process reads
     jobtrace.configure(service_name="batch-upload", database_url=database_url, console=False)
     instrument_rq(database_url=database_url)
     connection = Redis.from_url(redis_url)

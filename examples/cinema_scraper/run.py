@@ -42,6 +42,7 @@ from examples.cinema_scraper.scraper import (
 )
 from jobtrace.cli import main as jobtrace_cli
 from jobtrace.integrations.celery import instrument_celery
+from jobtrace.lineage import upgrade
 from jobtrace.lineage.queries import DONE, JobNotFoundError, LineageStore, Overview, StageStats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,6 +264,7 @@ def run(
     """Send the SyncJob, wait for the run to settle, clean up, then read the overview."""
     run_name = f"cinema-{uuid.uuid4().hex[:8]}"
     configure_app(broker_url, run_name)
+    upgrade(database_url)  # the tables exist before the workers write or this process reads
     jobtrace.configure(service_name="cinema-scraper", database_url=database_url, console=False)
     instrument_celery(app, database_url=database_url)
     env = {

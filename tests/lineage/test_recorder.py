@@ -35,6 +35,7 @@ UNREACHABLE_URL = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_tim
 def recorder(store_url: str) -> Iterator[Recorder]:
     """The process's recorder on a fresh store, stopped afterwards."""
     started = start_recorder(store_url, heartbeat_interval=0.1)
+    assert started.prepare()  # the tables exist before a test reads them
     try:
         yield started
     finally:
