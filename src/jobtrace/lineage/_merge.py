@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, case, func, literal_column
@@ -164,19 +164,23 @@ def _merged(old: Row, new: Row, job_fields: Iterable[str], attempt_fields: Itera
 
 
 def rows(batch: Sequence[JobRecord], now: float) -> tuple[list[Row], list[Row]]:
-    """One job row per job and one attempt row per attempt, sorted by key (no lock-order cycles)."""
-    jobs: dict[str, Row] = {}
-    attempts: dict[tuple[str, int], Row] = {}
+    """One job row per job and one attempt row per attempt, sorted by key (no lock-order cycles).
+
+    Records merge per attempt first (the attempt rows), then attempts per job (the job rows).
+    """
+    merged: dict[tuple[str, int], Row] = {}
     for record in batch:
         row = job_row(record, now)
-        job_id = row["job_id"]
-        old = jobs.get(job_id)
-        jobs[job_id] = row if old is None else _merged(old, row, JOB_FIELDS, _JOB_ATTEMPT_FIELDS)
-        attempt = attempt_row(row)
-        key = (job_id, row["attempt"])
-        old = attempts.get(key)
-        attempts[key] = attempt if old is None else _merged(old, attempt, (), _ATTEMPT_ONLY_FIELDS)
-    return [jobs[k] for k in sorted(jobs)], [attempts[k] for k in sorted(attempts)]
+        key = (row["job_id"], row["attempt"])
+        old = merged.get(key)
+        merged[key] = row if old is None else _merged(old, row, JOB_FIELDS, _JOB_ATTEMPT_FIELDS)
+    keys = sorted(merged)
+    jobs: dict[str, Row] = {}
+    for key in keys:  # attempts of one job in order
+        row = merged[key]
+        old = jobs.get(key[0])
+        jobs[key[0]] = row if old is None else _merged(old, row, JOB_FIELDS, _JOB_ATTEMPT_FIELDS)
+    return list(jobs.values()), [attempt_row(merged[key]) for key in keys]
 
 
 _JOB_ATTEMPT_FIELDS = (*ATTEMPT_FIELDS, *ITEM_FIELDS)
@@ -255,7 +259,7 @@ class _Prepared:
 
     columns: tuple[str, ...]
     sql: str
-    times: frozenset[str]
+    times: tuple[int, ...]  # positions of the time columns
     time_format: Callable[[float], Any]
     by_column: bool  # PostgreSQL: one array per column
 
@@ -263,8 +267,11 @@ class _Prepared:
 _prepared: dict[tuple[str, str], _Prepared] = {}
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def _naive_utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
+    return _EPOCH + timedelta(seconds=seconds)
 
 
 def _sqlite_time(seconds: float) -> str:
@@ -289,7 +296,7 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
     prepared = _Prepared(
         columns=columns,
         sql=head + source + sql[sql.index(" ON CONFLICT") :],
-        times=frozenset(c.name for c in table.columns if isinstance(c.type, UTCDateTime)),
+        times=tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, UTCDateTime)),
         time_format=_sqlite_time if sqlite else _naive_utc,
         by_column=not sqlite,
     )
@@ -297,19 +304,20 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
     return prepared
 
 
-def _values(prepared: _Prepared, row: Row) -> tuple[Any, ...]:
-    times, to_time = prepared.times, prepared.time_format
-    return tuple(
-        to_time(value) if name in times and isinstance(value, (int, float)) else value
-        for name, value in ((name, row.get(name)) for name in prepared.columns)
-    )
+def _values(prepared: _Prepared, row: Row) -> list[Any]:
+    values = [row.get(name) for name in prepared.columns]
+    for index in prepared.times:
+        value = values[index]
+        if isinstance(value, (int, float)):
+            values[index] = prepared.time_format(value)
+    return values
 
 
 def _execute(conn: Connection, table: Table, rows: list[Row]) -> None:
     if not rows:
         return
     prepared = _prepare(conn.dialect, table)
-    values = [_values(prepared, row) for row in rows]
+    values = [tuple(_values(prepared, row)) for row in rows]
     if prepared.by_column:
         conn.exec_driver_sql(
             prepared.sql, tuple(list(column) for column in zip(*values, strict=True))

@@ -97,7 +97,7 @@ class Recorder:
         self._accepted += 1
         if self._thread is None and not self._closed:
             self._start_thread()
-        elif len(buffer) >= self.batch_size:
+        elif len(buffer) == self.batch_size:  # once per batch; the writer drains what follows
             self._wake.set()
 
     # -- control -------------------------------------------------------------------------------
