@@ -16,15 +16,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.orm import Session
+
+from jobtrace.lineage.models import Attempt, Job
+from jobtrace.testing import CapturedTelemetry
 
 SPANS_ENV = "JOBTRACE_TEST_SPANS"
 ROOT = Path(__file__).resolve().parents[2]
+ACTIVE_STATES = ("queued", "running", "retrying")
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -155,3 +162,112 @@ class Worker:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
         self._log.close()
+
+
+class _CurrentFileExporter(SpanExporter):
+    """Sends the test process's spans to the current spans file, if any."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            if self.path is not None:
+                with open(self.path, "a", encoding="utf-8") as stream:
+                    for span in spans:
+                        stream.write(json.dumps(span_to_dict(span)) + "\n")
+        return SpanExportResult.SUCCESS
+
+
+_exporter = _CurrentFileExporter()
+_providers: set[int] = set()
+
+
+def export_test_spans(path: Path | None) -> None:
+    """Send this process's spans to ``path`` from now on (``None``: nowhere)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+        provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    if id(provider) not in _providers:
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        _providers.add(id(provider))
+    _exporter.path = path
+
+
+def store_rows(url: str, model: type[Any]) -> list[Any]:
+    """Every row of one lineage table; none while the recorder has not created the tables."""
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table(model.__tablename__):
+            return []
+        with Session(engine) as session:
+            return list(session.scalars(select(model)))
+    finally:
+        engine.dispose()
+
+
+@dataclass(kw_only=True)
+class WorkerSetup:
+    """What a test of one queue reads back: worker logs, every process's spans, the lineage store."""
+
+    telemetry: CapturedTelemetry
+    spans_path: Path
+    database_url: str
+    workers: list[Worker] = field(default_factory=list)
+
+    def is_job(self, recorded_name: object, name: str) -> bool:
+        """Whether a span's ``jobtrace.job.name`` is the job called ``name`` in the tests."""
+        return recorded_name == name
+
+    def logs(self) -> str:
+        """Every worker's output, for failure messages."""
+        return "\n".join(worker.log() for worker in self.workers)
+
+    def spans(self) -> list[dict[str, Any]]:
+        """Every finished span: the workers' and this (producer) process's."""
+        return read_spans(self.spans_path) + [span_to_dict(s) for s in self.telemetry.spans()]
+
+    def process_spans(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The ``process`` spans, of one job if given."""
+        return self._of_kind("CONSUMER", name)
+
+    def send_spans(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The ``send`` spans, of one job if given."""
+        return self._of_kind("PRODUCER", name)
+
+    def _of_kind(self, kind: str, name: str | None) -> list[dict[str, Any]]:
+        return [
+            span
+            for span in self.spans()
+            if span["kind"] == kind
+            and (name is None or self.is_job(span["attributes"].get("jobtrace.job.name"), name))
+        ]
+
+    def jobs(self) -> dict[str, Any]:
+        """The lineage store's jobs by id (none while the recorder has not created its tables)."""
+        return {row.job_id: row for row in store_rows(self.database_url, Job)}
+
+    def attempts(self, job_id: str) -> list[Any]:
+        """One job's attempts in the lineage store, in order."""
+        rows = [row for row in store_rows(self.database_url, Attempt) if row.job_id == job_id]
+        return sorted(rows, key=lambda row: row.attempt)
+
+    def wait_for_jobs(self, count: int, *, done: bool = True) -> dict[str, Any]:
+        """Wait until the store holds ``count`` jobs (all finished, if ``done``)."""
+
+        def ready() -> dict[str, Any] | None:
+            jobs = self.jobs()
+            if len(jobs) < count:
+                return None
+            if done and any(job.state in ACTIVE_STATES for job in jobs.values()):
+                return None
+            return jobs
+
+        try:
+            return wait_for(ready, timeout=20, what=f"{count} jobs in the lineage store")  # type: ignore[no-any-return]
+        except AssertionError as error:
+            states = {job_id: job.state for job_id, job in self.jobs().items()}
+            raise AssertionError(f"{error}: {states}\n{self.logs()}") from None

@@ -7,25 +7,21 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis import Redis
-from sqlalchemy import create_engine, select
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from jobtrace.integrations.arq import ArqInstrumentor, instrument_arq
-from jobtrace.lineage.models import Attempt, Job
-from jobtrace.testing import CapturedTelemetry, capture_telemetry
+from jobtrace.testing import capture_telemetry
 from tests.integrations.arq.keys import READY_KEY, REDIS_URL, RUNNING_KEY
-from tests.integrations.harness import SPANS_ENV, Worker, read_spans, span_to_dict, wait_for
+from tests.integrations.harness import SPANS_ENV, Worker, WorkerSetup, wait_for
 from tests.services import require
 
 WORKER_SETTINGS = "tests.integrations.arq.worker_app.WorkerSettings"
-ACTIVE_STATES = ("queued", "running", "retrying")
 
 
 @pytest.fixture
@@ -41,18 +37,14 @@ def redis_conn() -> Iterator[Redis]:
         connection.close()
 
 
-@dataclass
-class ArqSetup:
+@dataclass(kw_only=True)
+class ArqSetup(WorkerSetup):
     """A fresh queue on Redis database 3, the producer's telemetry, and the workers started on it."""
 
     connection: Redis
     pool: ArqRedis
     queue: str
-    telemetry: CapturedTelemetry
-    spans_path: Path
-    database_url: str
     tmp_path: Path
-    workers: list[Worker] = field(default_factory=list)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -96,24 +88,6 @@ class ArqSetup:
             what=f"job {job_id} to start",
         )
 
-    def logs(self) -> str:
-        """Every worker's output, for failure messages."""
-        return "\n".join(worker.log() for worker in self.workers)
-
-    # -- spans ----------------------------------------------------------------------------------
-
-    def spans(self) -> list[dict[str, Any]]:
-        """Every finished span: the workers' and this (producer) process's."""
-        return read_spans(self.spans_path) + [span_to_dict(s) for s in self.telemetry.spans()]
-
-    def process_spans(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The ``process`` spans, of one job name if given."""
-        return _of_kind(self.spans(), "CONSUMER", name)
-
-    def send_spans(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The ``send`` spans, of one job name if given."""
-        return _of_kind(self.spans(), "PRODUCER", name)
-
     def wait_for_process_spans(self, count: int, name: str | None = None) -> list[dict[str, Any]]:
         """Wait until ``count`` process spans (of ``name``) have ended."""
         try:
@@ -127,32 +101,6 @@ class ArqSetup:
 
     # -- lineage --------------------------------------------------------------------------------
 
-    def jobs(self) -> dict[str, Any]:
-        """The lineage store's jobs by id (none while the recorder has not created its tables)."""
-        return {row.job_id: row for row in _rows(self.database_url, Job)}
-
-    def attempts(self, job_id: str) -> list[Any]:
-        """One job's attempts in the lineage store, in order."""
-        rows = [row for row in _rows(self.database_url, Attempt) if row.job_id == job_id]
-        return sorted(rows, key=lambda row: row.attempt)
-
-    def wait_for_jobs(self, count: int, *, done: bool = True) -> dict[str, Any]:
-        """Wait until the store holds ``count`` jobs (all finished, if ``done``)."""
-
-        def ready() -> dict[str, Any] | None:
-            jobs = self.jobs()
-            if len(jobs) < count:
-                return None
-            if done and any(job.state in ACTIVE_STATES for job in jobs.values()):
-                return None
-            return jobs
-
-        try:
-            return wait_for(ready, timeout=20, what=f"{count} jobs in the lineage store")  # type: ignore[no-any-return]
-        except AssertionError as error:
-            states = {job_id: job.state for job_id, job in self.jobs().items()}
-            raise AssertionError(f"{error}: {states}\n{self.logs()}") from None
-
     def wait_for_state(self, job_id: str, state: str) -> Any:
         """Wait until the store says ``job_id`` is in ``state``."""
         try:
@@ -164,35 +112,6 @@ class ArqSetup:
         except AssertionError as error:
             job = self.jobs().get(job_id)
             raise AssertionError(f"{error}: {job and job.state}\n{self.logs()}") from None
-
-
-def _of_kind(spans: list[dict[str, Any]], kind: str, name: str | None) -> list[dict[str, Any]]:
-    return [
-        span
-        for span in spans
-        if span["kind"] == kind
-        and (name is None or span["attributes"].get("jobtrace.job.name") == name)
-    ]
-
-
-def _rows(database_url: str, model: type[Any]) -> list[Any]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(select(model.__table__)))
-    except (OperationalError, ProgrammingError):  # no tables yet
-        return []
-    finally:
-        engine.dispose()
-
-
-def _stop_recorder() -> None:
-    """The recorder is one per process: stop it so the next test records into its own store."""
-    try:
-        from jobtrace.lineage.recorder import stop_recorder
-    except ImportError:
-        return
-    stop_recorder()
 
 
 @pytest.fixture
@@ -226,7 +145,6 @@ async def _setup(
                 worker.stop()
             await pool.aclose()
             ArqInstrumentor().uninstrument()
-            _stop_recorder()
 
 
 @pytest.fixture

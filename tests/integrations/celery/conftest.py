@@ -7,75 +7,30 @@ the RabbitMQ queues a module declared are deleted.
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from sqlalchemy import create_engine, inspect, select
-from sqlalchemy.orm import Session
 
 from jobtrace.integrations.celery import CeleryInstrumentor, instrument_celery
 from jobtrace.lineage.models import Attempt, Job
 from tests.integrations.celery.tasks import RABBITMQ_URL, REDIS_URL, make_app
-from tests.integrations.harness import SPANS_ENV, Worker, read_spans, span_to_dict, wait_for
+from tests.integrations.harness import (
+    SPANS_ENV,
+    Worker,
+    export_test_spans,
+    read_spans,
+    store_rows,
+    wait_for,
+)
 from tests.services import require
 
 APP = "tests.integrations.celery.app"
 Span = dict[str, Any]
-
-
-class _CurrentExporter(SpanExporter):
-    """Sends the test process's spans to the current spans file, if any."""
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with self._lock:
-            if self.path is not None:
-                with open(self.path, "a", encoding="utf-8") as stream:
-                    for span in spans:
-                        stream.write(json.dumps(span_to_dict(span)) + "\n")
-        return SpanExportResult.SUCCESS
-
-
-_exporter = _CurrentExporter()
-_providers: set[int] = set()
-
-
-def export_test_spans(path: Path | None) -> None:
-    """Send this process's spans to ``path`` from now on (``None``: nowhere)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-        provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    if id(provider) not in _providers:
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        _providers.add(id(provider))
-    _exporter.path = path
-
-
-def store_rows(url: str, model: type[Any]) -> list[Any]:
-    """Every row of one lineage table; none while the recorder has not created the tables."""
-    engine = create_engine(url)
-    try:
-        if not inspect(engine).has_table(model.__tablename__):
-            return []
-        with Session(engine) as session:
-            return list(session.scalars(select(model)))
-    finally:
-        engine.dispose()
 
 
 def flush_redis() -> None:

@@ -13,8 +13,9 @@ import pytest
 from opentelemetry.instrumentation.celery import CeleryInstrumentor as ContribInstrumentor
 
 from jobtrace.integrations.celery import instrument_celery
-from tests.integrations.celery.conftest import Cluster, Span, export_test_spans, flush_redis
+from tests.integrations.celery.conftest import Cluster, Span, flush_redis
 from tests.integrations.celery.conftest import make_cluster as new_cluster
+from tests.integrations.harness import export_test_spans
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from jobtrace.lineage.reaper import reap
-from tests.integrations.celery.conftest import Cluster, export_test_spans, flush_redis, make_cluster
-from tests.integrations.harness import wait_for
+from tests.integrations.celery.conftest import Cluster, flush_redis, make_cluster
+from tests.integrations.harness import export_test_spans, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dramatiq.broker import Broker
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from jobtrace.integrations.dramatiq import DramatiqInstrumentor, instrument_dramatiq
 from tests.integrations.dramatiq.actors import (
@@ -27,49 +22,21 @@ from tests.integrations.dramatiq.actors import (
     declare_actors,
     make_broker,
 )
-from tests.integrations.harness import SPANS_ENV, Worker, read_spans, span_to_dict, wait_for
+from tests.integrations.harness import SPANS_ENV, Worker, export_test_spans, read_spans, wait_for
 from tests.services import require
 
 APP = "tests.integrations.dramatiq.app"
 
 
-class _CurrentTestExporter(SpanExporter):
-    """Sends the test process's spans to the current test's spans file, if any."""
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with self._lock:
-            if self.path is not None:
-                with open(self.path, "a", encoding="utf-8") as stream:
-                    for span in spans:
-                        stream.write(json.dumps(span_to_dict(span)) + "\n")
-        return SpanExportResult.SUCCESS
-
-
-_exporter = _CurrentTestExporter()
-_providers_with_exporter: set[int] = set()
-
-
 @pytest.fixture
 def spans_path(tmp_path: Path) -> Iterator[Path]:
     """One JSON-lines file that receives this process's spans and the workers' spans."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-        provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    if id(provider) not in _providers_with_exporter:
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        _providers_with_exporter.add(id(provider))
     path = tmp_path / "spans.jsonl"
-    _exporter.path = path
+    export_test_spans(path)
     try:
         yield path
     finally:
-        _exporter.path = None
+        export_test_spans(None)
 
 
 @pytest.fixture

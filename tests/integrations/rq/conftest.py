@@ -6,20 +6,16 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis import Redis
 from rq import Queue
-from sqlalchemy import create_engine, select
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from jobtrace.integrations.rq import RQInstrumentor, instrument_rq
-from jobtrace.lineage.models import Attempt, Job
-from jobtrace.testing import CapturedTelemetry, capture_telemetry
-from tests.integrations.harness import SPANS_ENV, Worker, read_spans, span_to_dict, wait_for
+from jobtrace.testing import capture_telemetry
+from tests.integrations.harness import SPANS_ENV, Worker, WorkerSetup
 from tests.services import require
 
 REDIS_URL = "redis://127.0.0.1:6379/2"
@@ -38,17 +34,17 @@ def redis_conn() -> Iterator[Redis]:
         connection.close()
 
 
-@dataclass
-class RQSetup:
+@dataclass(kw_only=True)
+class RQSetup(WorkerSetup):
     """A queue on Redis database 2, the producer's telemetry, and the workers started on it."""
 
     connection: Redis
     queue: Queue
-    telemetry: CapturedTelemetry
-    spans_path: Path
-    database_url: str
     tmp_path: Path
-    workers: list[Worker] = field(default_factory=list)
+
+    def is_job(self, recorded_name: object, name: str) -> bool:
+        """RQ names jobs by the function's dotted path; tests use its short name."""
+        return str(recorded_name).endswith(f".{name}")
 
     def start_worker(
         self, *, worker_class: str = "Worker", burst: bool = True, **env: str
@@ -84,70 +80,6 @@ class RQSetup:
         except Exception:
             raise AssertionError(f"the worker did not finish\n{worker.log()}") from None
         assert worker.process.returncode == 0, worker.log()
-
-    def logs(self) -> str:
-        """Every worker's output, for failure messages."""
-        return "\n".join(worker.log() for worker in self.workers)
-
-    def spans(self) -> list[dict[str, Any]]:
-        """Every finished span: the workers' and this (producer) process's."""
-        return read_spans(self.spans_path) + [span_to_dict(s) for s in self.telemetry.spans()]
-
-    def process_spans(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The ``process`` spans, of one job function (by its short name) if given."""
-        return _of_kind(self.spans(), "CONSUMER", name)
-
-    def send_spans(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The ``send`` spans, of one job function (by its short name) if given."""
-        return _of_kind(self.spans(), "PRODUCER", name)
-
-    def jobs(self) -> dict[str, Job]:
-        """The lineage store's jobs by id (none while the recorder has not created its tables)."""
-        return {row.job_id: row for row in _rows(self.database_url, Job)}
-
-    def attempts(self, job_id: str) -> list[Attempt]:
-        """One job's attempts in the lineage store, in order."""
-        rows = [row for row in _rows(self.database_url, Attempt) if row.job_id == job_id]
-        return sorted(rows, key=lambda row: row.attempt)
-
-    def wait_for_jobs(self, count: int, *, done: bool = True) -> dict[str, Job]:
-        """Wait until the store holds ``count`` jobs (all in a done state if ``done``)."""
-
-        def ready() -> dict[str, Job] | None:
-            jobs = self.jobs()
-            if len(jobs) < count:
-                return None
-            if done and any(
-                job.state in ("queued", "running", "retrying") for job in jobs.values()
-            ):
-                return None
-            return jobs
-
-        try:
-            return wait_for(ready, timeout=20, what=f"{count} jobs in the lineage store")  # type: ignore[no-any-return]
-        except AssertionError as error:
-            states = {job_id: job.state for job_id, job in self.jobs().items()}
-            raise AssertionError(f"{error}: {states}\n{self.logs()}") from None
-
-
-def _of_kind(spans: list[dict[str, Any]], kind: str, name: str | None) -> list[dict[str, Any]]:
-    return [
-        span
-        for span in spans
-        if span["kind"] == kind
-        and (name is None or str(span["attributes"].get("jobtrace.job.name")).endswith(f".{name}"))
-    ]
-
-
-def _rows(database_url: str, model: type[Any]) -> list[Any]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(select(model.__table__)))
-    except (OperationalError, ProgrammingError):  # no tables yet
-        return []
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
