@@ -10,27 +10,13 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, inspect, select
-from sqlalchemy.orm import Session
 
 from jobtrace.lineage.models import Attempt, Job
 from tests.integrations.dramatiq.actors import REDIS_URL
 from tests.integrations.dramatiq.conftest import Setup
-from tests.integrations.harness import wait_for
+from tests.integrations.harness import store_rows, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def store_rows(url: str, model: type[Any]) -> list[Any]:
-    """Every row of one lineage table; none while the recorder has not created the tables."""
-    engine = create_engine(url)
-    try:
-        if not inspect(engine).has_table(model.__tablename__):
-            return []
-        with Session(engine) as session:
-            return list(session.scalars(select(model)))
-    finally:
-        engine.dispose()
 
 
 def wait_for_jobs(url: str, predicate: Any, what: str) -> list[Any]:
