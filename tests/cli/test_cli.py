@@ -379,6 +379,33 @@ def test_reap_marks_a_silent_running_job_crashed(
     assert json.loads(out)["progress"]["crashed"] == 1
 
 
+def test_reap_takes_thresholds_per_job_name(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """--heartbeat-timeout-for NAME=S gives one job name its own, longer timeout."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    root = builder.job("UploadJob", state="running", heartbeat=1)
+    report = builder.job("ReportJob", root, state="running", heartbeat=2)
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(
+        capsys,
+        "--database-url",
+        sqlite_url,
+        "reap",
+        "--heartbeat-timeout",
+        "60",
+        "--heartbeat-timeout-for",
+        f"ReportJob={100 * 365 * 86400}",
+        "--json",
+    )
+    assert code == 0
+    assert json.loads(out)["crashed"] == [root]
+    assert report not in out
+    assert main(["reap", "--heartbeat-timeout-for", "ReportJob"]) == 2
+
+
 def test_usage_errors_return_2_without_raising(capsys: pytest.CaptureFixture[str]) -> None:
     """A missing id, an unknown option or no command at all is a usage message and status 2."""
     assert main(["tree"]) == 2

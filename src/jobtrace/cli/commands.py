@@ -250,7 +250,12 @@ def cmd_reap(ctx: Context) -> int:
         )
         if value is not None
     }
-    result = reap(ctx.url, **options)
+    result = reap(
+        ctx.url,
+        heartbeat_timeout_by_name=dict(ctx.args.heartbeat_timeout_for),
+        stalled_after_by_name=dict(ctx.args.stalled_after_for),
+        **options,
+    )
     crashed, stalled = list(result.crashed), list(result.stalled)
     if ctx.args.json:
         ctx.print_json({"crashed": crashed, "stalled": stalled})
@@ -262,6 +267,18 @@ def cmd_reap(ctx: Context) -> int:
             lines.append(f"  … {len(ids) - 20:,} more {label}")
     ctx.print(lines)
     return 0
+
+
+def _name_seconds(text: str) -> tuple[str, float]:
+    """``NAME=SECONDS`` of a per-job-name threshold."""
+    name, sep, seconds = text.rpartition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if not sep or not name or value < 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}")
+    return name, value
 
 
 def cmd_db_upgrade(ctx: Context) -> int:
@@ -375,6 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-timeout", type=float, metavar="S", help="running without a heartbeat for S s"
     )
     reap.add_argument("--stalled-after", type=float, metavar="S", help="queued for longer than S s")
+    reap.add_argument(
+        "--heartbeat-timeout-for",
+        type=_name_seconds,
+        action="append",
+        default=[],
+        metavar="NAME=S",
+        help="the heartbeat timeout of one job name (repeatable)",
+    )
+    reap.add_argument(
+        "--stalled-after-for",
+        type=_name_seconds,
+        action="append",
+        default=[],
+        metavar="NAME=S",
+        help="the stalled threshold of one job name (repeatable)",
+    )
 
     web = add("web", cmd_web, "serve the dashboard: runs, stage tables, jobs, trace links", url)
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
