@@ -267,6 +267,22 @@ def test_stuck_stages_see_progress_by_heartbeat(store: LineageStore, engine: Eng
     assert [s.name for s in store.stuck_stages(root, 1, now=now)] == ["BatchJob", "ChunkJob"]
 
 
+def test_jobs_scheduled_for_later_are_not_stuck_until_due(
+    store: LineageStore, engine: Engine
+) -> None:
+    """Pages scheduled for a later pass wait by design; they count from when they are due."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    for _ in range(3):
+        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=builder.at(7200))
+    builder.insert(engine)
+    now = builder.start + timedelta(hours=1)
+    assert store.stuck_stages(root, 60, now=now) == []
+    later = store.stuck_stages(root, 60, now=builder.start + timedelta(hours=3))
+    assert [(s.name, s.active) for s in later] == [("MoviePageJob", 3)]
+    assert later[0].since == builder.at(7200)
+
+
 def test_failing_stages_apply_both_thresholds(
     store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
 ) -> None:

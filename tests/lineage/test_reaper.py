@@ -76,3 +76,17 @@ def test_reap_marks_the_attempt_row_too(sqlite_url: str) -> None:
         rows = [tuple(row) for row in conn.execute(query)]
     assert rows == [("crashed", "no heartbeat for 60s")]
     assert builder.jobs[ids["silent"]]["state"] == "running"  # the builder's copy is untouched
+
+
+def test_a_job_scheduled_for_later_stalls_only_once_it_is_due(sqlite_url: str) -> None:
+    """Queued since long ago but due in the future: scheduled, not stalled; overdue: stalled."""
+    upgrade(sqlite_url)
+    builder = TreeBuilder()
+    later = builder.job("ReportJob", state="queued", enqueued=0, due_at=builder.at(3600))
+    overdue = builder.job("ReportJob", state="queued", enqueued=0, due_at=builder.at(60))
+    engine = create_schema(sqlite_url)
+    builder.insert(engine)
+    engine.dispose()
+    result = reap(sqlite_url, stalled_after=300, now=NOW)
+    assert result.stalled == (overdue,)
+    assert later not in result.stalled

@@ -99,3 +99,30 @@ def test_unusable_urls_raise_store_error(url: str, message: str) -> None:
     """A URL SQLAlchemy cannot use is a StoreError with a message, not a stack of internals."""
     with pytest.raises(StoreError, match=message):
         store.create_store_engine(url)
+
+
+def test_upgrade_from_the_first_schema_keeps_the_rows(store_url: str) -> None:
+    """A store made by the first release upgrades in place: rows stay, new columns are empty."""
+    from alembic import command
+    from sqlalchemy import text
+
+    config = Config()
+    config.set_main_option("script_location", "jobtrace.lineage:migrations")
+    engine = store.create_store_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+            conn.execute(
+                text(
+                    "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
+                    " VALUES ('old-1', 'PageJob', 'queued', 1, 'old-1', 0)"
+                )
+            )
+        store.upgrade(store_url)
+        with engine.connect() as conn:
+            assert store.current_revision(conn) == store.HEAD_REVISION
+            row = conn.execute(text("SELECT job_id, state, due_at FROM jobtrace_jobs")).one()
+    finally:
+        engine.dispose()
+    assert tuple(row) == ("old-1", "queued", None)

@@ -158,6 +158,7 @@ class Enqueue:
                     trace_id=f"{span_context.trace_id:032x}",
                     args=recorded_args,
                     enqueued_at=now,
+                    due_at=now + self.delay if self.delay and self.delay > 0 else None,
                 )
             )
 

@@ -84,6 +84,7 @@ class JobRecord:
     host: str | None = None
     pid: int | None = None
     enqueued_at: float | None = None
+    due_at: float | None = None  # a delayed job may not run before this
     started_at: float | None = None
     finished_at: float | None = None
     heartbeat_at: float | None = None

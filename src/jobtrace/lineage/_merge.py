@@ -47,6 +47,7 @@ JOB_FIELDS = (
     "depth",
     "args",
     "enqueued_at",
+    "due_at",
 )
 ATTEMPT_FIELDS = (
     "trace_id",
@@ -118,6 +119,7 @@ def job_row(record: JobRecord, now: float) -> Row:
         "depth": _int(record.depth) or 0,
         "args": _text(record.args, MAX_TEXT),
         "enqueued_at": record.enqueued_at,
+        "due_at": record.due_at,
         "trace_id": _text(record.trace_id, 32),
         "span_id": _text(record.span_id, 16),
         "error_type": _text(record.error_type, NAME_LENGTH),

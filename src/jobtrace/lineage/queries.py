@@ -23,7 +23,18 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, Subquery, Table, case, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Subquery,
+    Table,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Connection, Engine
 
 from jobtrace._internal.records import DONE_STATES, FAILED_STATES, JobState
@@ -113,6 +124,7 @@ class JobRow:
     finished_at: datetime | None
     heartbeat_at: datetime | None
     updated_at: datetime | None
+    due_at: datetime | None = None
 
     @property
     def is_root(self) -> bool:
@@ -729,18 +741,24 @@ def _stuck_stages(
     conn: Connection, jobs: Subquery, threshold: float, now: datetime, samples: int
 ) -> list[StuckStage]:
     """Stage and queue groups with active jobs whose last progress is older than ``threshold``."""
-    active = jobs.c.state.in_(ACTIVE)
-    stmt = select(
-        jobs.c.depth,
-        jobs.c.name,
-        jobs.c.queue,
-        jobs.c.state,
-        func.count(),
-        func.min(jobs.c.enqueued_at),
-        func.max(jobs.c.started_at),
-        func.max(jobs.c.heartbeat_at),
-        func.max(jobs.c.finished_at),
-    ).group_by(jobs.c.depth, jobs.c.name, jobs.c.queue, jobs.c.state)
+    # A job scheduled for later is not waiting yet: it counts from when it is due.
+    not_scheduled = or_(jobs.c.due_at.is_(None), jobs.c.due_at <= now)
+    active = and_(jobs.c.state.in_(ACTIVE), not_scheduled)
+    stmt = (
+        select(
+            jobs.c.depth,
+            jobs.c.name,
+            jobs.c.queue,
+            jobs.c.state,
+            func.count(),
+            func.min(func.coalesce(jobs.c.due_at, jobs.c.enqueued_at)),
+            func.max(jobs.c.started_at),
+            func.max(jobs.c.heartbeat_at),
+            func.max(jobs.c.finished_at),
+        )
+        .where(not_scheduled)
+        .group_by(jobs.c.depth, jobs.c.name, jobs.c.queue, jobs.c.state)
+    )
     groups: dict[tuple[int, str, str | None], _QueueGroup] = {}
     for depth, name, queue, state, count, enqueued, started, beat, finished in conn.execute(stmt):
         group = groups.setdefault((int(depth), name, queue), _QueueGroup())

@@ -54,7 +54,8 @@ def reap(
     Args:
         url_or_engine: The store (``None``: ``JOBTRACE_DATABASE_URL``, else the local default).
         heartbeat_timeout: Seconds without a heartbeat after which a running job is crashed.
-        stalled_after: Seconds in the queue after which a job that never started is stalled.
+        stalled_after: Seconds in the queue after which a job that never started is stalled,
+            counted from when it was due for a job scheduled for later.
         heartbeat_timeout_by_name: Per job name overrides of ``heartbeat_timeout``.
         stalled_after_by_name: Per job name overrides of ``stalled_after``.
         now: The reaper's "now" (tests); else this machine's clock.
@@ -79,7 +80,7 @@ def reap(
                 )
                 stalled = _mark(
                     conn,
-                    since=func.coalesce(JOBS.c.enqueued_at, JOBS.c.updated_at),
+                    since=func.coalesce(JOBS.c.due_at, JOBS.c.enqueued_at, JOBS.c.updated_at),
                     state=JobState.QUEUED,
                     new_state=JobState.STALLED,
                     default=stalled_after,

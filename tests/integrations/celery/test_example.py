@@ -56,7 +56,7 @@ def test_cinema_scraper_shows_stuck_details_and_failing_showtimes(tmp_path: Path
     stuck = {entry["name"]: entry for entry in report["stuck"]}
     assert stuck["MovieDetailJob"]["queue"] == "details"
     assert stuck["MovieDetailJob"]["active"] == 4
-    assert set(report["stuck_stages"]) == {"MoviePageJob", "MovieDetailJob"}  # pages wait too
+    assert set(report["stuck_stages"]) == {"MovieDetailJob"}  # later pages are scheduled
     assert report["failing_stages"] == ["ShowtimeProcessJob"]
     assert report["errors"] == {"ShowtimeProcessJob": {"movie_not_ready": expected["not_ready"]}}
     assert len(report["trace_id"]) == 32
