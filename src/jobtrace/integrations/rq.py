@@ -276,19 +276,24 @@ def _save_retry_metadata(job: Job, run: JobRun) -> None:
 # -- producer side --------------------------------------------------------------------------------
 
 
+def _sent(send: Enqueue | None, publish: Callable[[], Job]) -> Job:
+    """Run RQ's own enqueue inside the ``send`` span, which ends as the publish did."""
+    if send is None:
+        return publish()
+    try:
+        result = publish()
+    except BaseException as error:
+        send.end(error)
+        raise
+    send.end()
+    return result
+
+
 def _wrap_enqueue_job(original: Callable[..., Job]) -> Callable[..., Job]:
     @functools.wraps(original)
     def enqueue_job(queue: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
         send = _start_send(queue, job)
-        if send is None:
-            return original(queue, job, *args, **kwargs)
-        try:
-            result = original(queue, job, *args, **kwargs)
-        except BaseException as error:
-            send.end(error)
-            raise
-        send.end()
-        return result
+        return _sent(send, lambda: original(queue, job, *args, **kwargs))
 
     return enqueue_job
 
@@ -298,15 +303,7 @@ def _wrap_schedule_job(original: Callable[..., Job]) -> Callable[..., Job]:
     def schedule_job(queue: Queue, job: Job, *args: Any, **kwargs: Any) -> Job:
         when = args[0] if args else kwargs.get("datetime")
         send = _start_send(queue, job, _delay(when))
-        if send is None:
-            return original(queue, job, *args, **kwargs)
-        try:
-            result = original(queue, job, *args, **kwargs)
-        except BaseException as error:
-            send.end(error)
-            raise
-        send.end()
-        return result
+        return _sent(send, lambda: original(queue, job, *args, **kwargs))
 
     return schedule_job
 
