@@ -114,12 +114,6 @@ class ArqSetup(WorkerSetup):
             raise AssertionError(f"{error}: {job and job.state}\n{self.logs()}") from None
 
 
-@pytest.fixture
-def database_url() -> str:
-    """The lineage store of this test: the per-test SQLite file of the suite's conftest."""
-    return os.environ["JOBTRACE_DATABASE_URL"]
-
-
 async def _setup(
     redis_conn: Redis, tmp_path: Path, database_url: str, *, instrument: bool
 ) -> AsyncIterator[ArqSetup]:

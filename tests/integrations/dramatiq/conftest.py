@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -175,12 +174,6 @@ def _make_setup(
         broker.close()
         if kind == "rabbitmq":
             delete_rabbitmq_queues(queue)
-
-
-@pytest.fixture
-def database_url() -> str:
-    """The lineage store the workers write to: the per-test SQLite file of the suite's conftest."""
-    return os.environ["JOBTRACE_DATABASE_URL"]
 
 
 @pytest.fixture

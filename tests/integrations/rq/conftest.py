@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -80,12 +79,6 @@ class RQSetup(WorkerSetup):
         except Exception:
             raise AssertionError(f"the worker did not finish\n{worker.log()}") from None
         assert worker.process.returncode == 0, worker.log()
-
-
-@pytest.fixture
-def database_url() -> str:
-    """The lineage store the workers write to: the per-test SQLite file of the suite's conftest."""
-    return os.environ["JOBTRACE_DATABASE_URL"]
 
 
 def _setup(
