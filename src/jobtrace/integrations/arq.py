@@ -126,9 +126,9 @@ worker killed (OOM, SIGKILL)               ``crashed``, by the reaper
 the last try is requeued by arq, which fails it without running it when it comes due; jobtrace
 marks the attempt ``failed`` at once. arq's cancellations reach the function as a bare
 ``CancelledError``: an abort is told by the worker's ``aborting_tasks``, a shutdown by the worker
-no longer picking jobs or its main task being cancelled (``Task.cancelling()``, Python 3.11+; on
-3.10 a shutdown may be reported with the reason ``cancelled``), and a timeout by the attempt having
-run for the function's timeout.
+no longer picking jobs or the job's ``run_job`` task being cancelled (``Task.cancelling()``,
+Python 3.11+; on 3.10 a shutdown may be reported with the reason ``cancelled``), and a timeout by
+the attempt having run for the function's timeout.
 
 Limits: a job arq fails without running it (expired, function not found, ``max_tries`` exceeded
 after a crash) gets no span; its last attempt's row says what happened to it. A worker process
@@ -504,7 +504,7 @@ def _decide_outcome(
     if isinstance(error, asyncio.CancelledError):
         if job_id in getattr(worker, "aborting_tasks", ()):
             return _Outcome(error, False, JobState.CANCELLED, "aborted")
-        stopping = _stopping(worker)
+        stopping = _stopping(worker, job_id)
         timeout = worker.job_timeout_s if function.timeout_s is None else function.timeout_s
         tolerance = max(TIMEOUT_TOLERANCE, timeout / 2) if timeout else 0.0
         if not stopping and timeout and elapsed + tolerance >= timeout:
@@ -521,15 +521,20 @@ def _decide_outcome(
     return _Outcome(error, False)
 
 
-def _stopping(worker: Worker) -> bool:
-    """Whether the worker is shutting down (its signal handlers cancel its main task)."""
+def _stopping(worker: Worker, job_id: object) -> bool:
+    """Whether the worker is shutting down and cancelled this job for it.
+
+    arq's signal handlers stop picking jobs, or cancel each job's ``run_job`` task (and the main
+    task). The job's own ``run_job`` task is asked, not the main task: the main task is cancelled
+    for a moment by every Redis call that times out inside it, which is no shutdown.
+    """
     if not getattr(worker, "allow_pick_jobs", True):
         return True
-    task = getattr(worker, "main_task", None)
-    if task is None:
-        return False
-    if task.done():
+    main = getattr(worker, "main_task", None)
+    if main is not None and main.done():
         return True
+    tasks = getattr(worker, "tasks", None)
+    task = tasks.get(job_id) if isinstance(tasks, Mapping) else None
     cancelling = getattr(task, "cancelling", None)  # Python 3.11+
     return bool(cancelling is not None and cancelling())
 

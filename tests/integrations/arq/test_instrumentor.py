@@ -291,15 +291,27 @@ async def test_malformed_metadata_costs_a_warning(
     assert caplog.text.count("ignoring malformed metadata") == 2
 
 
-def _worker(stopping: bool = False, aborting: tuple[str, ...] = (), retry_jobs: bool = True) -> Any:
+def _worker(
+    stopping: bool = False,
+    aborting: tuple[str, ...] = (),
+    retry_jobs: bool = True,
+    job_task_cancelled: bool = False,
+    main_task_cancelling: bool = False,
+) -> Any:
     return SimpleNamespace(
         max_tries=3,
         retry_jobs=retry_jobs,
         aborting_tasks=set(aborting),
         allow_pick_jobs=not stopping,
-        main_task=None,
+        main_task=_task(cancelling=main_task_cancelling),
+        tasks={"j": _task(cancelling=job_task_cancelled)},
         job_timeout_s=300.0,
     )
+
+
+def _task(*, cancelling: bool) -> Any:
+    """A stand-in for an asyncio task, as far as ``cancelling()`` and ``done()`` go."""
+    return SimpleNamespace(cancelling=lambda: int(cancelling), done=lambda: False)
 
 
 FUNCTION = SimpleNamespace(max_tries=None, timeout_s=None)
@@ -331,6 +343,21 @@ CANCELLED = asyncio.CancelledError()
             (False, JobState.CANCELLED, "worker_shutdown"),
         ),
         (_worker(), 1, CANCELLED, 1.0, (True, JobState.RETRYING, "cancelled")),
+        (
+            _worker(job_task_cancelled=True),
+            1,
+            CANCELLED,
+            1.0,
+            (True, JobState.RETRYING, "worker_shutdown"),
+        ),
+        # A Redis call timing out in the main task cancels it for a moment: no shutdown.
+        (
+            _worker(main_task_cancelling=True),
+            1,
+            CANCELLED,
+            300.0,
+            (False, JobState.FAILED, "timeout"),
+        ),
     ],
 )
 def test_outcomes_follow_arq_rules(
