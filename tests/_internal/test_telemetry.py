@@ -152,3 +152,41 @@ def test_a_forked_child_knows_it_was_forked() -> None:
     if not hasattr(__import__("os"), "fork"):
         pytest.skip("no fork on this platform")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_a_forked_child_counts_only_its_own_outcomes() -> None:
+    """The outcome counts a child inherits at ``fork`` are the parent's: the child starts at zero."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import jobtrace
+        from jobtrace.testing import capture_telemetry
+
+        def outcomes(telemetry):
+            return {
+                dict(p.attributes)["jobtrace.job.outcome"]: p.value
+                for p in telemetry.metric_points("jobtrace.job.outcomes")
+            }
+
+        with capture_telemetry() as telemetry:
+            for _ in range(3):
+                with jobtrace.trace_job(None, name="Parent"):
+                    pass
+            pid = os.fork()
+            if pid == 0:
+                with jobtrace.trace_job(None, name="Child"):
+                    pass
+                counts = outcomes(telemetry)
+                names = {
+                    dict(p.attributes)["jobtrace.job.name"]
+                    for p in telemetry.metric_points("jobtrace.job.outcomes")
+                }
+                os._exit(0 if counts == {"succeeded": 1} and names == {"Child"} else 1)
+            _, status = os.waitpid(pid, 0)
+            assert outcomes(telemetry) == {"succeeded": 3}, outcomes(telemetry)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    if not hasattr(__import__("os"), "fork"):
+        pytest.skip("no fork on this platform")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

@@ -270,7 +270,7 @@ class JobRun:
         metric_attributes = self._metric_attributes(outcome)
         metrics = instruments()
         metrics.duration.record(finished - self._started_at, metric_attributes)
-        metrics.outcomes.add(1, metric_attributes)
+        metrics.outcomes.add(tuple(metric_attributes.items()))
         if records.has_sinks():
             records.emit(
                 JobRecord(

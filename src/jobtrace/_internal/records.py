@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, NamedTuple
 
 logger = logging.getLogger("jobtrace")
 
@@ -55,12 +55,15 @@ FAILED_STATES = frozenset({JobState.FAILED, JobState.DISCARDED, JobState.CRASHED
 RecordKind = Literal["enqueued", "started", "heartbeat", "finished"]
 
 
-@dataclass(frozen=True, slots=True)
-class JobRecord:
+NO_ITEMS: Mapping[str, int] = MappingProxyType({})
+
+
+class JobRecord(NamedTuple):
     """One step of one attempt of one job, as the lineage store needs it.
 
     Times are Unix epoch seconds. ``None`` means "not known at this step": a sink merges records of
-    the same ``(job_id, attempt)`` and keeps what earlier records said.
+    the same ``(job_id, attempt)`` and keeps what earlier records said. A named tuple: immutable,
+    and cheap to build three times per job on the job's own thread.
     """
 
     kind: RecordKind
@@ -76,7 +79,7 @@ class JobRecord:
     trace_id: str | None = None
     span_id: str | None = None
     args: str | None = None
-    items: Mapping[str, int] = field(default_factory=dict)
+    items: Mapping[str, int] = NO_ITEMS
     progress: float | None = None
     error_type: str | None = None
     error_message: str | None = None

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import Counter, Histogram
+from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from jobtrace._internal import records, semconv
 from jobtrace._version import __version__
@@ -35,13 +37,42 @@ def tracer() -> trace.Tracer:
     return new
 
 
+class OutcomeTally:
+    """Job runs counted by attribute set, reported by an asynchronous counter at collection.
+
+    A dict increment per job instead of a synchronous ``Counter.add``, which costs the SDK an
+    attribute hash, a lock and an exemplar per call: the counts are exact either way, and the
+    SDK's work is paid once per attribute set per collection, not once per job.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, attributes: tuple[tuple[str, str], ...]) -> None:
+        """Count one job run with these (already ordered) attributes."""
+        with self._lock:
+            self._counts[attributes] = self._counts.get(attributes, 0) + 1
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The cumulative counts, as the observable counter's callback."""
+        with self._lock:
+            counts = list(self._counts.items())
+        return [Observation(count, dict(attributes)) for attributes, count in counts]
+
+    def forget(self) -> None:
+        """Start from zero (a forked child reports its own job runs only)."""
+        with self._lock:
+            self._counts.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class Instruments:
     """The three job metrics, attributed by job name, queue and outcome."""
 
     duration: Histogram
     queue_wait: Histogram
-    outcomes: Counter
+    outcomes: OutcomeTally
 
 
 _instruments_cache: tuple[object, Instruments] | None = None
@@ -55,6 +86,13 @@ def instruments() -> Instruments:
     if cached is not None and cached[0] is provider:
         return cached[1]
     meter = provider.get_meter(SCOPE, __version__)
+    outcomes = OutcomeTally()
+    meter.create_observable_counter(
+        semconv.METRIC_OUTCOMES,
+        callbacks=[outcomes.observe],
+        unit="{job}",
+        description="Job runs by outcome.",
+    )
     new = Instruments(
         duration=meter.create_histogram(
             semconv.METRIC_DURATION, unit="s", description="How long job runs take."
@@ -64,9 +102,7 @@ def instruments() -> Instruments:
             unit="s",
             description="How long jobs wait between enqueue and start.",
         ),
-        outcomes=meter.create_counter(
-            semconv.METRIC_OUTCOMES, unit="{job}", description="Job runs by outcome."
-        ),
+        outcomes=outcomes,
     )
     _instruments_cache = (provider, new)
     return new
@@ -78,6 +114,9 @@ _main_pid = os.getpid()
 def _note_fork() -> None:
     global _in_forked_child
     _in_forked_child = True
+    cached = _instruments_cache
+    if cached is not None:
+        cached[1].outcomes.forget()
 
 
 _in_forked_child = False
