@@ -42,7 +42,7 @@ def test_demo_is_one_trace_and_agrees_with_the_lineage_store(tmp_path: Path) -> 
         stages = store.stage_stats(root.group(1)).by_stage()
     spans = span_table(out)
     assert spans["SyncJob"] == (1, 0)
-    assert stages[(1, "MoviePageJob")] == {"queued": 2, "succeeded": 10}
+    assert stages[(1, "MoviePageJob")] == {"scheduled": 2, "succeeded": 10}  # the next pass
     assert spans["MoviePageJob"] == (10, 0)
     details = stages[(2, "MovieDetailJob")]
     assert spans["MovieDetailJob"] == (details["succeeded"], 0)

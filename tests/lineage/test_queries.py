@@ -7,7 +7,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -16,6 +16,7 @@ from jobtrace.lineage.models import Job
 from jobtrace.lineage.queries import (
     ACTIVE,
     FAILURES,
+    SCHEDULED,
     JobNotFoundError,
     JobRow,
     LineageStore,
@@ -283,6 +284,24 @@ def test_jobs_scheduled_for_later_are_not_stuck_until_due(
     assert later[0].since == builder.at(7200)
 
 
+def test_stage_counts_show_jobs_not_due_yet_as_scheduled(
+    store: LineageStore, engine: Engine
+) -> None:
+    """Queued jobs due in the future are counted ``scheduled``; due ones stay ``queued``."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    for _ in range(3):
+        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=future)
+    builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=builder.at(60))
+    builder.job("MoviePageJob", root, state="succeeded", enqueued=2, started=3, finished=4)
+    builder.insert(engine)
+    (stage,) = [s for s in store.stage_tree(root).stages if s.name == "MoviePageJob"]
+    assert dict(stage.states) == {SCHEDULED: 3, "queued": 1, "succeeded": 1}
+    assert stage.total == 5
+    assert store.stage_stats(root).by_stage()[(1, "MoviePageJob")] == dict(stage.states)
+
+
 def test_failing_stages_apply_both_thresholds(
     store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
 ) -> None:
@@ -332,6 +351,21 @@ def test_failures_of_crashes_without_error_type_use_the_state(
     builder.insert(engine)
     groups = store.failures(root)
     assert [(g.error, g.count) for g in groups] == [("crashed", crashes), ("ValueError", 1)]
+
+
+def test_failures_ignore_an_empty_error_type_as_the_job_row_does(
+    store: LineageStore, engine: Engine
+) -> None:
+    """An empty error type (a producer in another language, say) falls back to the reason."""
+    builder = TreeBuilder()
+    root = builder.job("UploadJob", state="running")
+    failed = builder.job(
+        "BatchJob", root, state="discarded", enqueued=1, error_type="", reason="movie_not_ready"
+    )
+    builder.insert(engine)
+    (group,) = store.failures(root)
+    assert group.error == "movie_not_ready"
+    assert group.error == store.job(failed).error
 
 
 def test_progress_counts_crashed_children_as_done(store: LineageStore, engine: Engine) -> None:

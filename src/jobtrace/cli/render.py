@@ -36,6 +36,7 @@ STUCK = "⚠"
 FAILING = "✗"
 #: States in the order a reader scans them: what waits, what runs, how things ended.
 STATE_ORDER = (
+    "scheduled",
     "queued",
     "stalled",
     "retrying",

@@ -40,7 +40,7 @@ ul,ol{margin:.3rem 0;padding-left:1.4rem}
 .failing,.s-failed,.s-discarded,.s-crashed{color:#b00020}
 .stuck,.s-queued,.s-stalled,.s-retrying{color:#a66300}
 .s-running{color:#0a6a8a}.s-succeeded,.ok{color:#1b7a2b}
-.s-skipped,.s-cancelled,.muted,footer{color:#777}
+.s-scheduled,.s-skipped,.s-cancelled,.muted,footer{color:#777}
 .mark{font-weight:bold}footer{margin-top:2rem}
 """
 _RELATION = {

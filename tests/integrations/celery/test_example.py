@@ -43,7 +43,7 @@ def test_cinema_scraper_shows_stuck_details_and_failing_showtimes(tmp_path: Path
 
     stages = {stage["name"]: stage for stage in report["stages"]}
     assert stages["SyncJob"]["states"] == {"succeeded": 1}
-    assert stages["MoviePageJob"]["states"] == {"succeeded": 4, "queued": 2}
+    assert stages["MoviePageJob"]["states"] == {"succeeded": 4, "scheduled": 2}
     details, showtimes = stages["MovieDetailJob"], stages["ShowtimeProcessJob"]
     # Every page that ran spawned its detail job and its showtimes.
     assert (details["total"], details["parents"], details["states"]) == (4, 4, {"queued": 4})
