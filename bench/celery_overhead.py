@@ -15,20 +15,28 @@ switched between rounds.
 
 One round of a mode: a gate task occupies the worker; the producer sends N small tasks (each
 increments a Redis counter; the last one pushes to a list the producer waits on); then the gate
-opens and the worker drains the queue. Holding the worker while sending keeps the producer's and
-the worker's costs from overlapping on different cores, so the round's wall time, from the first
-send to the last completion, is their sum. Modes run in interleaved rounds (their order rotating)
-so drift hits them alike, and the medians are compared. The worker pool is ``solo`` by default:
-the task runs in the worker process itself, so the numbers hold the instrumentation and not the
-pipe to a pool child. With ``--pool prefork`` (concurrency 1) contrib is instrumented in
-``worker_process_init`` as its guide says, and jobtrace flushes after each task, as it does by
-default in forked pool children. ``--no-record`` turns jobtrace's lineage recording off in the
-producer and the workers, to tell its cost from the tracing's. Run::
+opens and the worker drains the queue. Two measures per round:
+
+* **CPU time** (the ratio's basis): user + system CPU of this producer process and of the worker's
+  process group, from the first send until the background threads (span export, the lineage
+  recorder) had time to finish the round's work. What instrumentation costs is CPU; wall time
+  also holds the broker's latency, which on a shared machine varies more between rounds than
+  contrib's whole cost.
+* **wall time**: from the first send to the last completion. Holding the worker while sending keeps
+  the producer's and the worker's costs from overlapping on different cores.
+
+Modes run in interleaved rounds (their order rotating) so drift hits them alike, and the medians
+are compared. The worker pool is ``solo`` by default: the task runs in the worker process itself,
+so the numbers hold the instrumentation and not the pipe to a pool child. With ``--pool prefork``
+(concurrency 1) contrib is instrumented in ``worker_process_init`` as its guide says, and jobtrace
+flushes after each task, as it does by default in forked pool children. ``--no-record`` turns
+jobtrace's lineage recording off in the producer and the workers, to tell its cost from the
+tracing's. Run::
 
     python bench/celery_overhead.py [--tasks 2000] [--rounds 5] [--pool solo] [--no-record]
 
-Per-task overhead is (mode's time - none's time) / N. The last line is
-``celery_ratio_vs_contrib=<jobtrace overhead / contrib overhead>``.
+Per-task overhead is (mode's CPU time - none's CPU time) / N. The last line is
+``celery_ratio_vs_contrib=<jobtrace overhead / contrib overhead>`` (CPU).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from redis import Redis
 
 MODES = ("none", "contrib", "jobtrace")
+SETTLE = 0.6  # seconds: the recorder writes a batch every 0.2 s
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 MODE_ENV, RUN_ENV, BROKER_ENV = "BENCH_CELERY_MODE", "BENCH_CELERY_RUN", "BENCH_CELERY_BROKER"
@@ -150,15 +159,38 @@ if os.environ.get(MODE_ENV):
 
 @dataclass
 class Round:
-    """One round of one mode: seconds spent sending, and draining once the gate opened."""
+    """One round of one mode: wall seconds sending and draining, CPU seconds on either side."""
 
     send: float
     drain: float
+    producer_cpu: float
+    worker_cpu: float
 
     @property
     def total(self) -> float:
         """From the first send to the last completion."""
         return self.send + self.drain
+
+    @property
+    def cpu(self) -> float:
+        """CPU the round cost the producer and the worker, their background threads included."""
+        return self.producer_cpu + self.worker_cpu
+
+
+def group_cpu(group: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of one process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp; utime and stime follow at 11 and 12
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 class Producer:
@@ -227,14 +259,20 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
         process.wait(5)
 
 
-def one_round(mode: str, tasks: int, run: str, number: int) -> Round:
-    """Hold the worker, send ``tasks`` ticks, open the gate, wait for the last one."""
+def one_round(mode: str, tasks: int, run: str, number: int, worker: int) -> Round:
+    """Hold the worker, send ``tasks`` ticks, open the gate, wait for the last one.
+
+    CPU is read from the start of the sends until the background writers had time to write the
+    round's records (``SETTLE`` seconds after the last task), in this process and in the worker's
+    process group.
+    """
     client = redis_client()
     key = f"{run}:count:{mode}:{number}"
     queue = f"bench-{mode}"
     gate.apply_async((key,), queue=queue)
     if client.blpop([f"{key}:held"], timeout=120) is None:
         raise TimeoutError(f"the {mode} worker did not pick up its gate task")
+    producer_cpu, worker_cpu = time.process_time(), group_cpu(worker)
     started = time.perf_counter()
     for _ in range(tasks):
         tick.apply_async((key, tasks), queue=queue)
@@ -242,28 +280,41 @@ def one_round(mode: str, tasks: int, run: str, number: int) -> Round:
     client.rpush(f"{key}:open", 1)
     if client.blpop([f"{key}:done"], timeout=300) is None:
         raise TimeoutError(f"the {mode} worker did not finish round {number}")
-    return Round(send=sent - started, drain=time.perf_counter() - sent)
+    done = time.perf_counter()
+    time.sleep(SETTLE)
+    return Round(
+        send=sent - started,
+        drain=done - sent,
+        producer_cpu=time.process_time() - producer_cpu,
+        worker_cpu=group_cpu(worker) - worker_cpu,
+    )
 
 
 def measure(
-    producer: Producer, tasks: int, rounds: int, run: str
-) -> dict[str, tuple[float, float, float]]:
-    """Median (send, drain, total) seconds per mode over interleaved, rotating rounds."""
+    producer: Producer, tasks: int, rounds: int, run: str, workers: dict[str, int]
+) -> dict[str, tuple[float, float, float, float, float, float]]:
+    """Median (send, drain, total, producer CPU, worker CPU, CPU) seconds per mode.
+
+    Rounds are interleaved, their order rotating.
+    """
     for mode in MODES:  # warm up the workers, the connections and the lineage tables
         producer.use(mode)
-        one_round(mode, max(1, tasks // 10), run, -1)
+        one_round(mode, max(1, tasks // 10), run, -1, workers[mode])
     samples: dict[str, list[Round]] = {mode: [] for mode in MODES}
     for number in range(rounds):
         order = MODES[number % len(MODES) :] + MODES[: number % len(MODES)]
         for mode in order:
             producer.use(mode)
-            samples[mode].append(one_round(mode, tasks, run, number))
+            samples[mode].append(one_round(mode, tasks, run, number, workers[mode]))
     producer.use("none")
     return {
         mode: (
             statistics.median(r.send for r in rs),
             statistics.median(r.drain for r in rs),
             statistics.median(r.total for r in rs),
+            statistics.median(r.producer_cpu for r in rs),
+            statistics.median(r.worker_cpu for r in rs),
+            statistics.median(r.cpu for r in rs),
         )
         for mode, rs in samples.items()
     }
@@ -287,11 +338,12 @@ def main() -> None:
     configure(options.broker_url, run)
     processor = install_tracing()
     producer = Producer(f"sqlite:///{workdir / 'lineage.db'}", record=not options.no_record)
-    workers = [start_worker(mode, run, options, workdir) for mode in MODES]
+    workers = {mode: start_worker(mode, run, options, workdir) for mode in MODES}
     try:
-        results = measure(producer, options.tasks, options.rounds, run)
+        groups = {mode: worker.pid for mode, worker in workers.items()}
+        results = measure(producer, options.tasks, options.rounds, run, groups)
     finally:
-        for worker in workers:
+        for worker in workers.values():
             stop_worker(worker)
         client = redis_client()
         keys = list(client.scan_iter(match=f"{run}:*", count=1000))
@@ -308,20 +360,29 @@ def main() -> None:
     print(
         f"{options.tasks} tasks x {options.rounds} rounds, pool {options.pool}, Redis broker,"
         f" lineage recording {'off' if options.no_record else 'on'}; medians in us per task"
-        " (send: producer, run: worker draining its queue)"
     )
     base = per_task["none"]
+    print("wall time (send: producer, run: worker draining its queue; includes the broker):")
     for mode in MODES:
-        send, drain, total = per_task[mode]
+        send, drain, total = per_task[mode][:3]
         line = f"{mode:>9}: send {send:7.1f} | run {drain:7.1f} | total {total:7.1f}"
         if mode != "none":
+            line += f" | overhead {total - base[2]:+7.1f}"
+        print(line)
+    print("CPU time (producer and worker processes, their background threads included):")
+    for mode in MODES:
+        producer_cpu, worker_cpu, cpu = per_task[mode][3:]
+        line = (
+            f"{mode:>9}: producer {producer_cpu:7.1f} | worker {worker_cpu:7.1f} | total {cpu:7.1f}"
+        )
+        if mode != "none":
             line += (
-                f" | overhead {total - base[2]:+7.1f} (send {send - base[0]:+.1f},"
-                f" run {drain - base[1]:+.1f})"
+                f" | overhead {cpu - base[5]:+7.1f} (producer {producer_cpu - base[3]:+.1f},"
+                f" worker {worker_cpu - base[4]:+.1f})"
             )
         print(line)
-    contrib = per_task["contrib"][2] - base[2]
-    jobtrace_overhead = per_task["jobtrace"][2] - base[2]
+    contrib = per_task["contrib"][5] - base[5]
+    jobtrace_overhead = per_task["jobtrace"][5] - base[5]
     ratio = jobtrace_overhead / contrib if contrib > 0 else float("nan")
     print(f"celery_ratio_vs_contrib={ratio:.3f}")
 
