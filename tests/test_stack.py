@@ -69,3 +69,12 @@ def test_compose_commands_name_code_that_exists() -> None:
         if isinstance(action, argparse._SubParsersAction)
     ]
     assert subcommands <= set(choices)
+
+
+def test_compose_publishes_ports_on_localhost_only() -> None:
+    """The dashboard has no login and the databases default passwords: nothing on 0.0.0.0."""
+    services = _load("docker-compose.yml")["services"]
+    published = [(name, p) for name, s in services.items() for p in s.get("ports", [])]
+    assert published
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
