@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -147,3 +148,15 @@ def test_done_states() -> None:
         JobState.CRASHED,
     }
     assert str(JobState.RETRYING) == "retrying"
+
+
+def test_records_pickle_for_a_sink_in_another_process() -> None:
+    """A sink may hand records to another process: every record survives pickling, unchanged."""
+    with capture_telemetry() as telemetry:
+        metadata = jobtrace.prepare_enqueue("Fetch", queue="io")
+        with jobtrace.trace_job(metadata, name="Fetch", queue="io"):
+            jobtrace.count(total=2, processed=1)
+    assert [r.kind for r in telemetry.records] == ["enqueued", "started", "finished"]
+    for record in telemetry.records:
+        assert pickle.loads(pickle.dumps(record)) == record
+    assert telemetry.records[-1].items == {"total": 2, "processed": 1}

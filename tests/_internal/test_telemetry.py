@@ -190,3 +190,101 @@ def test_a_forked_child_counts_only_its_own_outcomes() -> None:
     if not hasattr(__import__("os"), "fork"):
         pytest.skip("no fork on this platform")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def _outcome_counts(telemetry: CapturedTelemetry) -> dict[str, int]:
+    return {
+        dict(p.attributes)["jobtrace.job.name"]: p.value
+        for p in _points(telemetry, "jobtrace.job.outcomes")
+    }
+
+
+def test_outcome_counts_survive_a_provider_coming_back() -> None:
+    """A provider installed again (A, B, A) keeps counting: the SDK keeps its first callback."""
+    with capture_telemetry() as first:
+        with jobtrace.trace_job(None, name="Counted"):
+            pass
+        with capture_telemetry() as second:
+            with jobtrace.trace_job(None, name="Counted"):
+                pass
+            assert _outcome_counts(second) == {"Counted": 1}  # only what ran since it came
+        for _ in range(2):
+            with jobtrace.trace_job(None, name="Counted"):
+                pass
+        # One tally per process: the first provider counts every run since it was registered.
+        assert _outcome_counts(first) == {"Counted": 4}
+
+
+def _run_script(body: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(body)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout
+
+
+def test_outcome_counts_of_a_provider_installed_after_the_first_job() -> None:
+    """Jobs before the application installs its meter provider do not hide the later ones."""
+    out = _run_script(
+        """
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        import jobtrace
+
+        with jobtrace.trace_job(None, name="Early"):
+            pass
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        for _ in range(5):
+            with jobtrace.trace_job(None, name="Late"):
+                pass
+        counts = {}
+        for resource in reader.get_metrics_data().resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == "jobtrace.job.outcomes":
+                        for point in metric.data.data_points:
+                            counts[dict(point.attributes)["jobtrace.job.name"]] = point.value
+        print(counts.get("Late"))
+        """
+    )
+    assert out.strip() == "5"
+
+
+def test_fork_while_another_thread_counts_does_not_hang_the_child() -> None:
+    """The child never waits on the tally's lock, which a thread of the parent may hold."""
+    if not hasattr(__import__("os"), "fork"):
+        pytest.skip("no fork on this platform")
+    out = _run_script(
+        """
+        import os, threading, time
+        from jobtrace._internal.telemetry import OUTCOMES
+
+        held = threading.Event()
+
+        def count_slowly():  # a thread inside OutcomeTally.add() at the moment of fork
+            with OUTCOMES._lock:
+                held.set()
+                time.sleep(5)
+
+        threading.Thread(target=count_slowly, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            OUTCOMES.add((("jobtrace.job.name", "Child"),))
+            os._exit(0)
+        for _ in range(40):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+        print("exited" if done else "hung")
+        """
+    )
+    assert out.strip() == "exited"

@@ -302,6 +302,25 @@ def test_stage_counts_show_jobs_not_due_yet_as_scheduled(
     assert store.stage_stats(root).by_stage()[(1, "MoviePageJob")] == dict(stage.states)
 
 
+def test_overview_tells_scheduled_and_stuck_by_the_same_clock(
+    store: LineageStore, engine: Engine
+) -> None:
+    """With ``now`` given, the tree's ``scheduled`` and the stuck check agree on what is due."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    for _ in range(2):
+        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=builder.at(7200))
+    builder.insert(engine)
+
+    def pages(now: datetime) -> tuple[dict[str, int], list[str]]:
+        overview = store.overview(root, stuck_after=60, now=now)
+        (stage,) = [s for s in overview.tree.stages if s.name == "MoviePageJob"]
+        return dict(stage.states), [s.name for s in overview.stuck]
+
+    assert pages(builder.start + timedelta(hours=1)) == ({SCHEDULED: 2}, [])
+    assert pages(builder.start + timedelta(hours=3)) == ({"queued": 2}, ["MoviePageJob"])
+
+
 def test_failing_stages_apply_both_thresholds(
     store: LineageStore, built: tuple[TreeBuilder, CinemaRun]
 ) -> None:

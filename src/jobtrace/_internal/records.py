@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from enum import Enum
-from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 logger = logging.getLogger("jobtrace")
@@ -55,15 +54,13 @@ FAILED_STATES = frozenset({JobState.FAILED, JobState.DISCARDED, JobState.CRASHED
 RecordKind = Literal["enqueued", "started", "heartbeat", "finished"]
 
 
-NO_ITEMS: Mapping[str, int] = MappingProxyType({})
-
-
 class JobRecord(NamedTuple):
     """One step of one attempt of one job, as the lineage store needs it.
 
     Times are Unix epoch seconds. ``None`` means "not known at this step": a sink merges records of
     the same ``(job_id, attempt)`` and keeps what earlier records said. A named tuple: immutable,
-    and cheap to build three times per job on the job's own thread.
+    cheap to build three times per job on the job's own thread, and picklable (a sink may hand
+    records to another process).
     """
 
     kind: RecordKind
@@ -79,7 +76,7 @@ class JobRecord(NamedTuple):
     trace_id: str | None = None
     span_id: str | None = None
     args: str | None = None
-    items: Mapping[str, int] = NO_ITEMS
+    items: Mapping[str, int] | None = None  # item counts, on a finished record
     progress: float | None = None
     error_type: str | None = None
     error_message: str | None = None

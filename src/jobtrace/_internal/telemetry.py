@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
@@ -38,32 +38,57 @@ def tracer() -> trace.Tracer:
 
 
 class OutcomeTally:
-    """Job runs counted by attribute set, reported by an asynchronous counter at collection.
+    """Job runs of this process counted by attribute set, for an asynchronous counter.
 
     A dict increment per job instead of a synchronous ``Counter.add``, which costs the SDK an
     attribute hash, a lock and an exemplar per call: the counts are exact either way, and the
-    SDK's work is paid once per attribute set per collection, not once per job.
+    SDK's work is paid once per attribute set per collection, not once per job. One tally per
+    process: every meter provider's counter observes it, from the moment it was registered
+    (a provider installed later, or the SDK keeping the first of two registrations, loses nothing).
     """
 
     def __init__(self) -> None:
         self._counts: dict[tuple[tuple[str, str], ...], int] = {}
         self._lock = threading.Lock()
+        self._generation = 0
 
     def add(self, attributes: tuple[tuple[str, str], ...]) -> None:
         """Count one job run with these (already ordered) attributes."""
         with self._lock:
             self._counts[attributes] = self._counts.get(attributes, 0) + 1
 
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        """The cumulative counts, as the observable counter's callback."""
+    def _snapshot(self) -> tuple[int, dict[tuple[tuple[str, str], ...], int]]:
         with self._lock:
-            counts = list(self._counts.items())
-        return [Observation(count, dict(attributes)) for attributes, count in counts]
+            return self._generation, dict(self._counts)
 
-    def forget(self) -> None:
-        """Start from zero (a forked child reports its own job runs only)."""
-        with self._lock:
-            self._counts.clear()
+    def callback(self) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """An observable counter's callback: the counts since this call, cumulative."""
+        generation, baseline = self._snapshot()
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            nonlocal generation, baseline
+            now, counts = self._snapshot()
+            if now != generation:  # forked since: the child counts from zero
+                generation, baseline = now, {}
+            return [
+                Observation(count - baseline.get(attributes, 0), dict(attributes))
+                for attributes, count in counts.items()
+                if count > baseline.get(attributes, 0)
+            ]
+
+        return observe
+
+    def restart_in_child(self) -> None:
+        """In a forked child: count its own job runs only.
+
+        Never waits on the lock, which another thread of the parent may have held at ``fork``.
+        """
+        self._lock = threading.Lock()
+        self._counts = {}
+        self._generation += 1
+
+
+OUTCOMES = OutcomeTally()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +111,9 @@ def instruments() -> Instruments:
     if cached is not None and cached[0] is provider:
         return cached[1]
     meter = provider.get_meter(SCOPE, __version__)
-    outcomes = OutcomeTally()
     meter.create_observable_counter(
         semconv.METRIC_OUTCOMES,
-        callbacks=[outcomes.observe],
+        callbacks=[OUTCOMES.callback()],
         unit="{job}",
         description="Job runs by outcome.",
     )
@@ -102,7 +126,7 @@ def instruments() -> Instruments:
             unit="s",
             description="How long jobs wait between enqueue and start.",
         ),
-        outcomes=outcomes,
+        outcomes=OUTCOMES,
     )
     _instruments_cache = (provider, new)
     return new
@@ -114,9 +138,7 @@ _main_pid = os.getpid()
 def _note_fork() -> None:
     global _in_forked_child
     _in_forked_child = True
-    cached = _instruments_cache
-    if cached is not None:
-        cached[1].outcomes.forget()
+    OUTCOMES.restart_in_child()
 
 
 _in_forked_child = False

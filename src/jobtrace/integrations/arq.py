@@ -126,9 +126,9 @@ worker killed (OOM, SIGKILL)               ``crashed``, by the reaper
 the last try is requeued by arq, which fails it without running it when it comes due; jobtrace
 marks the attempt ``failed`` at once. arq's cancellations reach the function as a bare
 ``CancelledError``: an abort is told by the worker's ``aborting_tasks``, a shutdown by the worker
-no longer picking jobs or the job's ``run_job`` task being cancelled (``Task.cancelling()``,
-Python 3.11+; on 3.10 a shutdown may be reported with the reason ``cancelled``), and a timeout by
-the attempt having run for the function's timeout.
+no longer picking jobs or both the job's ``run_job`` task and the worker's main task being
+cancelled (``Task.cancelling()``, Python 3.11+; on 3.10 a shutdown may be reported with the reason
+``cancelled``), and a timeout by the attempt having run for the function's timeout.
 
 Limits: a job arq fails without running it (expired, function not found, ``max_tries`` exceeded
 after a crash) gets no span; its last attempt's row says what happened to it. A worker process
@@ -524,18 +524,24 @@ def _decide_outcome(
 def _stopping(worker: Worker, job_id: object) -> bool:
     """Whether the worker is shutting down and cancelled this job for it.
 
-    arq's signal handlers stop picking jobs, or cancel each job's ``run_job`` task (and the main
-    task). The job's own ``run_job`` task is asked, not the main task: the main task is cancelled
-    for a moment by every Redis call that times out inside it, which is no shutdown.
+    arq's signal handlers either stop picking jobs, or cancel each job's ``run_job`` task and then
+    the main task. Both tasks are asked: a Redis call timing out inside the main task cancels the
+    main task alone, for a moment, and from Python 3.12 a job's timeout (``asyncio.wait_for``)
+    cancels its ``run_job`` task alone.
     """
     if not getattr(worker, "allow_pick_jobs", True):
         return True
-    main = getattr(worker, "main_task", None)
-    if main is not None and main.done():
-        return True
     tasks = getattr(worker, "tasks", None)
     task = tasks.get(job_id) if isinstance(tasks, Mapping) else None
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    if not _cancelling(task):
+        return False
+    main = getattr(worker, "main_task", None)
+    return main is not None and (main.done() or _cancelling(main))
+
+
+def _cancelling(task: object) -> bool:
+    """Whether ``task`` is being cancelled (Python 3.11+; always ``False`` before)."""
+    cancelling = getattr(task, "cancelling", None)
     return bool(cancelling is not None and cancelling())
 
 

@@ -106,7 +106,7 @@ def _int(value: int | None) -> int | None:
 def job_row(record: JobRecord, now: float) -> Row:
     """The ``jobtrace_jobs`` row one record stands for."""
     job_id = safe_id(record.job_id)
-    items = record.items
+    items = record.items or {}
     return {
         "job_id": job_id,
         "attempt": _int(record.attempt) or 1,

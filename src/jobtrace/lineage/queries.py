@@ -586,12 +586,13 @@ class LineageStore:
         now: datetime | None = None,
     ) -> Overview:
         """Scenario 1 in one call: the stage tree, its stuck and failing stages, the failures."""
+        now = now or _now()  # one clock for "scheduled" in the tree and for "stuck"
         with self.engine.connect() as conn:
             anchor = _job(conn, job_id)
             jobs = _scope(anchor)
             return Overview(
-                tree=_stage_tree(conn, anchor, jobs),
-                stuck=tuple(_stuck_stages(conn, jobs, stuck_after, now or _now(), samples)),
+                tree=_stage_tree(conn, anchor, jobs, now),
+                stuck=tuple(_stuck_stages(conn, jobs, stuck_after, now, samples)),
                 failing=tuple(_failing_stages(conn, jobs, min_failures, min_ratio)),
                 failures=tuple(_failures(conn, jobs, samples)),
             )
@@ -734,7 +735,9 @@ def _split_scheduled(
                 del counts[queued]
 
 
-def _stage_tree(conn: Connection, anchor: JobRow, jobs: Subquery) -> StageTree:
+def _stage_tree(
+    conn: Connection, anchor: JobRow, jobs: Subquery, now: datetime | None = None
+) -> StageTree:
     """The subtree in ``jobs`` collapsed per ``(depth, name)``, with each stage's parent stages."""
     parent = JOBS.alias("parent")
     spawners = (
@@ -763,7 +766,7 @@ def _stage_tree(conn: Connection, anchor: JobRow, jobs: Subquery) -> StageTree:
             parents=parent_jobs[(depth, name)],
             parent_names=tuple(n for n, _ in _most_common(parent_names[(depth, name)])),
         )
-        for (depth, name), states in _state_counts(conn, jobs).items()
+        for (depth, name), states in _state_counts(conn, jobs, now).items()
     )
     return StageTree(anchor, stages)
 
@@ -1079,12 +1082,15 @@ def _run(root_id: str) -> Subquery:
     return select(JOBS).where(JOBS.c.root_job_id == root_id).subquery("jobs")
 
 
-def _state_counts(conn: Connection, jobs: Subquery) -> dict[tuple[int, str], dict[str, int]]:
+def _state_counts(
+    conn: Connection, jobs: Subquery, now: datetime | None = None
+) -> dict[tuple[int, str], dict[str, int]]:
     """Counts per state of each ``(depth, name)``, stages and states in order.
 
-    Queued jobs not due yet count as :data:`SCHEDULED`: waiting on purpose, not on a worker.
+    Queued jobs not due yet (at ``now``) count as :data:`SCHEDULED`: waiting on purpose, not on a
+    worker.
     """
-    scheduled = and_(jobs.c.state == JobState.QUEUED.value, jobs.c.due_at > _now())
+    scheduled = and_(jobs.c.state == JobState.QUEUED.value, jobs.c.due_at > (now or _now()))
     state = case((scheduled, literal(SCHEDULED)), else_=jobs.c.state).label("state")
     stmt = (
         select(jobs.c.depth, jobs.c.name, state, func.count())

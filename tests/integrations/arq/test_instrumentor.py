@@ -343,14 +343,23 @@ CANCELLED = asyncio.CancelledError()
             (False, JobState.CANCELLED, "worker_shutdown"),
         ),
         (_worker(), 1, CANCELLED, 1.0, (True, JobState.RETRYING, "cancelled")),
+        # arq's signal handler cancels the job's run_job task, then the main task.
         (
-            _worker(job_task_cancelled=True),
+            _worker(job_task_cancelled=True, main_task_cancelling=True),
             1,
             CANCELLED,
             1.0,
             (True, JobState.RETRYING, "worker_shutdown"),
         ),
-        # A Redis call timing out in the main task cancels it for a moment: no shutdown.
+        # From Python 3.12 a timeout (asyncio.wait_for) cancels the job's run_job task alone.
+        (
+            _worker(job_task_cancelled=True),
+            1,
+            CANCELLED,
+            300.0,
+            (False, JobState.FAILED, "timeout"),
+        ),
+        # A Redis call timing out in the main task cancels it alone, for a moment: no shutdown.
         (
             _worker(main_task_cancelling=True),
             1,
