@@ -268,15 +268,21 @@ def test_stuck_stages_see_progress_by_heartbeat(store: LineageStore, engine: Eng
     assert [s.name for s in store.stuck_stages(root, 1, now=now)] == ["BatchJob", "ChunkJob"]
 
 
+def _second_pass(engine: Engine, pages: int) -> tuple[TreeBuilder, str]:
+    """A finished SyncJob whose ``pages`` pages are queued, due two hours after the run began."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    for _ in range(pages):
+        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=builder.at(7200))
+    builder.insert(engine)
+    return builder, root
+
+
 def test_jobs_scheduled_for_later_are_not_stuck_until_due(
     store: LineageStore, engine: Engine
 ) -> None:
     """Pages scheduled for a later pass wait by design; they count from when they are due."""
-    builder = TreeBuilder()
-    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
-    for _ in range(3):
-        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=builder.at(7200))
-    builder.insert(engine)
+    builder, root = _second_pass(engine, 3)
     now = builder.start + timedelta(hours=1)
     assert store.stuck_stages(root, 60, now=now) == []
     later = store.stuck_stages(root, 60, now=builder.start + timedelta(hours=3))
@@ -306,11 +312,7 @@ def test_overview_tells_scheduled_and_stuck_by_the_same_clock(
     store: LineageStore, engine: Engine
 ) -> None:
     """With ``now`` given, the tree's ``scheduled`` and the stuck check agree on what is due."""
-    builder = TreeBuilder()
-    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
-    for _ in range(2):
-        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=builder.at(7200))
-    builder.insert(engine)
+    builder, root = _second_pass(engine, 2)
 
     def pages(now: datetime) -> tuple[dict[str, int], list[str]]:
         overview = store.overview(root, stuck_after=60, now=now)
