@@ -125,10 +125,11 @@ worker killed (OOM, SIGKILL)               ``crashed``, by the reaper
 ``retry_jobs=False`` makes every exception, ``Retry`` included, a failure, as in arq. A ``Retry`` on
 the last try is requeued by arq, which fails it without running it when it comes due; jobtrace
 marks the attempt ``failed`` at once. arq's cancellations reach the function as a bare
-``CancelledError``: an abort is told by the worker's ``aborting_tasks``, a shutdown by the worker
-no longer picking jobs or both the job's ``run_job`` task and the worker's main task being
-cancelled (``Task.cancelling()``, Python 3.11+; on 3.10 a shutdown may be reported with the reason
-``cancelled``), and a timeout by the attempt having run for the function's timeout.
+``CancelledError``: an abort is told by the worker's ``aborting_tasks``, a shutdown by the worker's
+signal handler (wrapped for a worker created while instrumented), else by the worker no longer
+picking jobs or both the job's ``run_job`` task and the worker's main task being cancelled
+(``Task.cancelling()``, Python 3.11+), and a timeout by the attempt having run for the function's
+timeout.
 
 Limits: a job arq fails without running it (expired, function not found, ``max_tries`` exceeded
 after a crash) gets no span; its last attempt's row says what happened to it. A worker process
@@ -139,6 +140,7 @@ reaper (``jobtrace.lineage.reaper.reap``) declares them crashed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import copy
 import functools
@@ -200,6 +202,7 @@ _ARQ_KEYWORDS = frozenset(
     {"_job_id", "_queue_name", "_defer_until", "_defer_by", "_expires", "_job_try"}
 )
 _MARK = "__jobtrace_arq__"
+_SIGNALLED = "_jobtrace_shutdown_signalled"  # set on a worker by its (wrapped) signal handler
 
 
 class DuplicateJobError(RuntimeError):
@@ -332,6 +335,18 @@ def _wrap_worker_init(original: Callable[..., None]) -> Callable[..., None]:
             logger.warning("jobtrace: instrumenting arq worker %r failed", worker, exc_info=True)
 
     return __init__
+
+
+def _wrap_signal_handler(original: Callable[..., None]) -> Callable[..., None]:
+    """Note on the worker that a signal is shutting it down, then let arq handle it."""
+
+    @functools.wraps(original)
+    def handle(worker: Worker, signum: Any) -> None:
+        with contextlib.suppress(Exception):
+            setattr(worker, _SIGNALLED, True)
+        original(worker, signum)
+
+    return handle
 
 
 def instrument_worker(worker: Worker) -> None:
@@ -524,12 +539,13 @@ def _decide_outcome(
 def _stopping(worker: Worker, job_id: object) -> bool:
     """Whether the worker is shutting down and cancelled this job for it.
 
-    arq's signal handlers either stop picking jobs, or cancel each job's ``run_job`` task and then
-    the main task. Both tasks are asked: a Redis call timing out inside the main task cancels the
-    main task alone, for a moment, and from Python 3.12 a job's timeout (``asyncio.wait_for``)
-    cancels its ``run_job`` task alone.
+    A worker created while instrumented says so itself: its signal handlers are wrapped. For
+    another, arq's signal handlers either stop picking jobs, or cancel each job's ``run_job`` task
+    and then the main task. Both tasks are asked: a Redis call timing out inside the main task
+    cancels the main task alone, for a moment, and from Python 3.12 a job's timeout
+    (``asyncio.wait_for``) cancels its ``run_job`` task alone.
     """
-    if not getattr(worker, "allow_pick_jobs", True):
+    if getattr(worker, _SIGNALLED, False) or not getattr(worker, "allow_pick_jobs", True):
         return True
     tasks = getattr(worker, "tasks", None)
     task = tasks.get(job_id) if isinstance(tasks, Mapping) else None
@@ -570,6 +586,9 @@ class ArqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._patch(arq.connections, "serialize_job", _wrap_serialize_job)
         self._patch(arq.worker, "deserialize_job_raw", _wrap_deserialize_job_raw)
         self._patch(Worker, "__init__", _wrap_worker_init)
+        # Before __init__ binds them as the worker's signal handlers.
+        self._patch(Worker, "handle_sig", _wrap_signal_handler)
+        self._patch(Worker, "handle_sig_wait_for_completion", _wrap_signal_handler)
         worker = kwargs.get("worker")
         if worker is not None:
             instrument_worker(worker)

@@ -108,6 +108,8 @@ def _patched() -> tuple[object, ...]:
         arq.connections.serialize_job,
         arq.worker.deserialize_job_raw,
         Worker.__init__,
+        Worker.handle_sig,
+        Worker.handle_sig_wait_for_completion,
     )
 
 
@@ -293,6 +295,7 @@ async def test_malformed_metadata_costs_a_warning(
 
 def _worker(
     stopping: bool = False,
+    signalled: bool = False,
     aborting: tuple[str, ...] = (),
     retry_jobs: bool = True,
     job_task_cancelled: bool = False,
@@ -303,6 +306,7 @@ def _worker(
         retry_jobs=retry_jobs,
         aborting_tasks=set(aborting),
         allow_pick_jobs=not stopping,
+        _jobtrace_shutdown_signalled=signalled,
         main_task=_task(cancelling=main_task_cancelling),
         tasks={"j": _task(cancelling=job_task_cancelled)},
         job_timeout_s=300.0,
@@ -343,6 +347,8 @@ CANCELLED = asyncio.CancelledError()
             (False, JobState.CANCELLED, "worker_shutdown"),
         ),
         (_worker(), 1, CANCELLED, 1.0, (True, JobState.RETRYING, "cancelled")),
+        # A worker created while instrumented: its wrapped signal handler says so (any Python).
+        (_worker(signalled=True), 1, CANCELLED, 1.0, (True, JobState.RETRYING, "worker_shutdown")),
         # arq's signal handler cancels the job's run_job task, then the main task.
         (
             _worker(job_task_cancelled=True, main_task_cancelling=True),
