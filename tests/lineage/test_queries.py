@@ -306,6 +306,8 @@ def test_stage_counts_show_jobs_not_due_yet_as_scheduled(
     assert dict(stage.states) == {SCHEDULED: 3, "queued": 1, "succeeded": 1}
     assert stage.total == 5
     assert store.stage_stats(root).by_stage()[(1, "MoviePageJob")] == dict(stage.states)
+    assert len(store.children(root, state=SCHEDULED)) == 3
+    assert len(store.children(root, state="queued")) == 4  # the stored state: due or not
 
 
 def test_overview_tells_scheduled_and_stuck_by_the_same_clock(

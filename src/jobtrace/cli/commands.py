@@ -369,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("job_id", metavar="ID")
     children = add("children", cmd_children, "a parent's progress and its children", read)
     children.add_argument("job_id", metavar="ID")
-    children.add_argument("--state", help="only children in this state")
+    children.add_argument(
+        "--state", help="only children in this state (or 'scheduled': queued, not due yet)"
+    )
     children.add_argument("--limit", type=int, default=50, help="children to list (50)")
     add("ancestors", cmd_ancestors, "the jobs above a job, up to its root", read).add_argument(
         "job_id", metavar="ID"

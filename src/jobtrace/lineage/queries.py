@@ -514,11 +514,17 @@ class LineageStore:
     def children(
         self, job_id: str, *, state: str | None = None, limit: int | None = None
     ) -> list[JobRow]:
-        """The jobs ``job_id`` enqueued, oldest first, optionally only those in ``state``."""
+        """The jobs ``job_id`` enqueued, oldest first, optionally only those in ``state``.
+
+        ``state`` may also be :data:`SCHEDULED`: the queued children not due yet, as the per-stage
+        counts show them.
+        """
         with self.engine.connect() as conn:
             _job(conn, job_id)
             stmt = select(JOBS).where(JOBS.c.parent_job_id == job_id)
-            if state is not None:
+            if state == SCHEDULED:
+                stmt = stmt.where(JOBS.c.state == JobState.QUEUED.value, JOBS.c.due_at > _now())
+            elif state is not None:
                 stmt = stmt.where(JOBS.c.state == state)
             stmt = stmt.order_by(JOBS.c.enqueued_at.asc().nulls_first(), JOBS.c.job_id)
             return _job_rows(conn, stmt.limit(limit))
