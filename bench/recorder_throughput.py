@@ -47,12 +47,20 @@ ARGS = '{"source":"example-cinema","movie_id":4402192,"page":3}'
 
 
 def lives(jobs: int) -> list[JobRecord]:
-    """Every job's three records, interleaved: enqueues run ahead of starts, starts of finishes."""
-    now = time.time()
+    """Every job's three records, interleaved: enqueues run ahead of starts, starts of finishes.
+
+    Each job has times of its own, as real jobs do (no two records share a time by accident).
+    """
+    began = time.time()
     root = "sync-0"
     enqueued, started, finished = [], [], []
     for n in range(jobs):
         job_id = f"page-{n:07d}"
+        enqueued_at, started_at, finished_at = (
+            began + n * 1e-3,
+            began + 60 + n * 1e-3,
+            began + 61 + n * 1.1e-3,
+        )
         common = {
             "job_id": job_id,
             "attempt": 1,
@@ -65,7 +73,9 @@ def lives(jobs: int) -> list[JobRecord]:
             "trace_id": f"{n:032x}",
         }
         enqueued.append(
-            JobRecord(kind="enqueued", state=JobState.QUEUED, args=ARGS, enqueued_at=now, **common)  # type: ignore[arg-type]
+            JobRecord(
+                kind="enqueued", state=JobState.QUEUED, args=ARGS, enqueued_at=enqueued_at, **common
+            )  # type: ignore[arg-type]
         )
         started.append(
             JobRecord(
@@ -74,8 +84,8 @@ def lives(jobs: int) -> list[JobRecord]:
                 span_id=f"{n:016x}",
                 host="bench",
                 pid=1,
-                started_at=now,
-                heartbeat_at=now,
+                started_at=started_at,
+                heartbeat_at=started_at,
                 **common,  # type: ignore[arg-type]
             )
         )
@@ -85,8 +95,8 @@ def lives(jobs: int) -> list[JobRecord]:
                 state=JobState.SUCCEEDED,
                 span_id=f"{n:016x}",
                 items={"processed": 7},
-                finished_at=now,
-                heartbeat_at=now,
+                finished_at=finished_at,
+                heartbeat_at=finished_at,
                 **common,  # type: ignore[arg-type]
             )
         )

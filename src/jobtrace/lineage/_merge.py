@@ -13,6 +13,7 @@ UPDATE``, atomic per row on SQLite and PostgreSQL):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -272,13 +273,17 @@ _prepared: dict[tuple[str, str], _Prepared] = {}
 _EPOCH = datetime(1970, 1, 1)
 
 
+# Cached: a job's row and its attempt's row carry the same times, and a batch's rows one
+# ``updated_at``, so about half the conversions of a batch repeat one before them.
+@functools.lru_cache(maxsize=16_384)
 def _naive_utc(seconds: float) -> datetime:
     return _EPOCH + timedelta(seconds=seconds)
 
 
+@functools.lru_cache(maxsize=16_384)
 def _sqlite_time(seconds: float) -> str:
     # SQLAlchemy's SQLite DATETIME storage format, microseconds always written.
-    return _naive_utc(seconds).isoformat(" ", "microseconds")
+    return (_EPOCH + timedelta(seconds=seconds)).isoformat(" ", "microseconds")
 
 
 def _prepare(dialect: Dialect, table: Table) -> _Prepared:
