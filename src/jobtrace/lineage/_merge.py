@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -261,6 +262,7 @@ class _Prepared:
     """
 
     columns: tuple[str, ...]
+    pick: Callable[[Row], tuple[Any, ...]]  # a row's values in column order (every row has all)
     sql: str
     times: tuple[int, ...]  # positions of the time columns
     time_format: Callable[[float], Any]
@@ -302,6 +304,7 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
         source = f"SELECT * FROM unnest({', '.join(arrays)})"
     prepared = _Prepared(
         columns=columns,
+        pick=operator.itemgetter(*columns),
         sql=head + source + sql[sql.index(" ON CONFLICT") :],
         times=tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, UTCDateTime)),
         time_format=_sqlite_time if sqlite else _naive_utc,
@@ -312,7 +315,7 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
 
 
 def _values(prepared: _Prepared, row: Row) -> list[Any]:
-    values = [row.get(name) for name in prepared.columns]
+    values = list(prepared.pick(row))
     for index in prepared.times:
         value = values[index]
         if isinstance(value, (int, float)):
