@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,13 +15,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
 
 import jobtrace
 from jobtrace._internal.records import JobRecord, JobState
+from jobtrace.lineage import recorder as recorder_module
 from jobtrace.lineage.models import Attempt, Job
 from jobtrace.lineage.queries import JobNotFoundError, LineageStore
 from jobtrace.lineage.reaper import reap
@@ -78,6 +82,38 @@ def test_lineage_is_complete_with_the_sampler_off(recorder: Recorder) -> None:
         (3, "showtime"): {"succeeded": 15},
     }
     assert recorder.dropped == 0
+
+
+@pytest.mark.parametrize(("locked_times", "ready"), [(2, True), (99, False)])
+def test_a_store_locked_for_a_moment_is_retried_before_a_warning(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    locked_times: int,
+    ready: bool,
+) -> None:
+    """SQLite's immediate "database is locked" (another process closing) costs a retry only."""
+    caplog.set_level(logging.WARNING, logger="jobtrace")
+    calls = []
+    real = recorder_module.ensure_schema
+
+    def locked_at_first(engine: Any) -> None:
+        calls.append(1)
+        if len(calls) <= locked_times:
+            raise OperationalError(
+                "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+            )
+        real(engine)
+
+    monkeypatch.setattr(recorder_module, "ensure_schema", locked_at_first)
+    recorder = Recorder(f"sqlite:///{tmp_path / 'lineage.db'}")
+    try:
+        assert recorder.prepare() is ready
+    finally:
+        recorder.close()
+    assert len(calls) == (locked_times + 1 if ready else 5)
+    warned = [r for r in caplog.records if "not reachable" in r.getMessage()]
+    assert len(warned) == (0 if ready else 1)
 
 
 def test_an_unreachable_store_costs_warnings_not_jobs(caplog: pytest.LogCaptureFixture) -> None:

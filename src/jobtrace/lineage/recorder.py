@@ -43,6 +43,13 @@ BATCH_SIZE = 2000
 MAX_BUFFERED = 100_000
 WARN_EVERY = 30.0
 _WRITE_ATTEMPTS = 3
+_PREPARE_ATTEMPTS = 5
+
+
+def _is_busy(error: Exception) -> bool:
+    """SQLite's "locked"/"busy": another process holds the file for a moment."""
+    text = str(error).lower()
+    return isinstance(error, OperationalError) and ("locked" in text or "busy" in text)
 
 
 class Recorder:
@@ -136,15 +143,25 @@ class Recorder:
         return self._engine
 
     def prepare(self) -> bool:
-        """Create or upgrade the schema now, so readers find the tables; ``False`` if it failed."""
-        try:
-            with self._db_lock, suppress_instrumentation():
-                ensure_schema(self._engine)
-        except Exception as error:
-            self._warn(f"the lineage store is not reachable yet: {error}")
-            return False
-        self._schema_ready = True
-        return True
+        """Create or upgrade the schema now, so readers find the tables; ``False`` if it failed.
+
+        SQLite answers "database is locked" at once, without its busy timeout, to a connection
+        that opens while another process's last connection cleans up the WAL: a moment's wait
+        and a retry, not a warning.
+        """
+        for attempt in range(1, _PREPARE_ATTEMPTS + 1):
+            try:
+                with self._db_lock, suppress_instrumentation():
+                    ensure_schema(self._engine)
+            except Exception as error:
+                if attempt < _PREPARE_ATTEMPTS and _is_busy(error):
+                    time.sleep(0.05 * attempt)
+                    continue
+                self._warn(f"the lineage store is not reachable yet: {error}")
+                return False
+            self._schema_ready = True
+            return True
+        return False  # not reached: the last attempt returns
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -257,6 +274,9 @@ class Recorder:
                         params,
                     )
         except Exception as error:
+            if _is_busy(error):  # another process holds SQLite for a moment: the next one will do
+                logger.debug("jobtrace: heartbeat skipped, the store is busy", exc_info=True)
+                return
             self._warn(f"heartbeat of {len(running)} running jobs failed: {error}")
 
     def _warn(self, message: str) -> None:
