@@ -523,7 +523,7 @@ class LineageStore:
             _job(conn, job_id)
             stmt = select(JOBS).where(JOBS.c.parent_job_id == job_id)
             if state == SCHEDULED:
-                stmt = stmt.where(JOBS.c.state == JobState.QUEUED.value, JOBS.c.due_at > _now())
+                stmt = stmt.where(_not_due(JOBS, _now()))
             elif state is not None:
                 stmt = stmt.where(JOBS.c.state == state)
             stmt = stmt.order_by(JOBS.c.enqueued_at.asc().nulls_first(), JOBS.c.job_id)
@@ -723,11 +723,7 @@ def _split_scheduled(
     """
     not_due = (
         select(JOBS.c.depth, JOBS.c.name, func.count())
-        .where(
-            JOBS.c.root_job_id == root_id,
-            JOBS.c.due_at > _now(),
-            JOBS.c.state == JobState.QUEUED.value,
-        )
+        .where(JOBS.c.root_job_id == root_id, _not_due(JOBS, _now()))
         .group_by(JOBS.c.depth, JOBS.c.name)
     )
     for depth, name, count in conn.execute(not_due):
@@ -980,6 +976,11 @@ def _why(conn: Connection, job: JobRow, now: datetime) -> Why:
 # Helpers.
 
 
+def _not_due(jobs: Table | Subquery, now: datetime) -> ColumnElement[bool]:
+    """Queued and scheduled for after ``now``: what the per-stage counts call :data:`SCHEDULED`."""
+    return and_(jobs.c.state == JobState.QUEUED.value, jobs.c.due_at > now)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -1096,7 +1097,7 @@ def _state_counts(
     Queued jobs not due yet (at ``now``) count as :data:`SCHEDULED`: waiting on purpose, not on a
     worker.
     """
-    scheduled = and_(jobs.c.state == JobState.QUEUED.value, jobs.c.due_at > (now or _now()))
+    scheduled = _not_due(jobs, now or _now())
     state = case((scheduled, literal(SCHEDULED)), else_=jobs.c.state).label("state")
     stmt = (
         select(jobs.c.depth, jobs.c.name, state, func.count())
