@@ -117,7 +117,13 @@ from rq.worker import Worker
 
 from jobtrace import Enqueue, JobRun, JobState, trace_job
 from jobtrace._internal import records
-from jobtrace._internal.metadata import KEY_ATTEMPT, KEY_JOB_ID, KEY_PREVIOUS_SPAN, read_metadata
+from jobtrace._internal.metadata import (
+    KEY_ATTEMPT,
+    KEY_JOB_ID,
+    KEY_PREVIOUS_SPAN,
+    Incoming,
+    read_metadata,
+)
 from jobtrace._internal.records import JobRecord
 from jobtrace._internal.redaction import call_args
 from jobtrace._internal.telemetry import in_forked_child
@@ -228,24 +234,29 @@ def _start_send(queue: Queue, job: Job, delay: float | None = None) -> Enqueue |
     return send
 
 
-def _attempt(job: Job) -> int:
-    incoming = read_metadata(job.meta, job_description=f"job {_job_name(job)} {job.id}")
-    return incoming.attempt or 1
+def _incoming(job: Job) -> Incoming:
+    return read_metadata(job.meta, job_description=f"job {_job_name(job)} {job.id}")
 
 
-def _record_outcome(job: Job, state: JobState, reason: str, attempt: int | None = None) -> None:
-    """Tell the lineage store how an attempt ended that no ``process`` span saw end."""
+def _record_outcome(
+    job: Job, state: JobState, reason: str, incoming: Incoming | None = None
+) -> None:
+    """Tell the lineage store how an attempt ended that no ``process`` span saw end.
+
+    Args:
+        incoming: The job's metadata as the attempt began, when the caller already read it.
+    """
     if not records.has_sinks():
         return
-    name = _job_name(job)
-    incoming = read_metadata(job.meta, job_description=f"job {name} {job.id}")
+    if incoming is None:
+        incoming = _incoming(job)
     root_job_id = incoming.root_job_id or job.id
     records.emit(
         JobRecord(
             kind="finished",
             job_id=job.id,
-            attempt=attempt or incoming.attempt or 1,
-            name=name,
+            attempt=incoming.attempt or 1,
+            name=_job_name(job),
             state=state,
             queue=job.origin,
             system=SYSTEM,
@@ -417,12 +428,12 @@ def _wrap_handle_job_failure(original: Callable[..., Any]) -> Callable[..., Any]
         if getattr(job, _PERFORMED, False):
             return original(worker, job, *args, **kwargs)
         # The attempt ended without the job function returning: its horse died or was stopped.
-        attempt = None
+        incoming = None
         try:
-            attempt = _attempt(job)
+            incoming = _incoming(job)  # read once, before the next attempt's number goes in
             retries_left = job.retries_left
             if isinstance(retries_left, int) and retries_left > 0:
-                job.meta[KEY_ATTEMPT] = str(attempt + 1)  # saved by RQ's retry
+                job.meta[KEY_ATTEMPT] = str((incoming.attempt or 1) + 1)  # saved by RQ's retry
                 job.meta.pop(KEY_PREVIOUS_SPAN, None)  # the dead attempt's span is unknown
         except Exception:
             logger.warning(
@@ -431,10 +442,10 @@ def _wrap_handle_job_failure(original: Callable[..., Any]) -> Callable[..., Any]
         result = original(worker, job, *args, **kwargs)
         try:
             if job_state(job.get_status(refresh=False)) is JobState.CANCELLED:
-                _record_outcome(job, JobState.CANCELLED, "stopped", attempt)
+                _record_outcome(job, JobState.CANCELLED, "stopped", incoming)
             else:
                 # The worker saw its horse die: no need to wait for the reaper.
-                _record_outcome(job, JobState.CRASHED, "work horse died", attempt)
+                _record_outcome(job, JobState.CRASHED, "work horse died", incoming)
         except Exception:
             logger.warning("jobtrace: recording the end of job %s failed", job.id, exc_info=True)
         return result
