@@ -363,3 +363,29 @@ def test_a_record_the_store_refuses_costs_only_itself(sqlite_url: str) -> None:
             assert [store.job(f"job-{n}").state for n in (0, 2)] == ["queued", "queued"]
     finally:
         recorder.close()
+
+
+def test_jobs_running_at_once_in_one_process_all_heartbeat(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four jobs on four threads of one process all get fresh heartbeats; none is reaped."""
+    release = threading.Event()
+    with capture_telemetry(), LocalQueue(4) as queue:
+        ids = [queue.enqueue(release.wait, 30, name="SleepyJob") for _ in range(4)]
+        deadline = time.monotonic() + 20
+        beats: dict[str, set[object]] = {job_id: set() for job_id in ids}
+        with LineageStore(recorder.url) as store:
+            while time.monotonic() < deadline and min(len(b) for b in beats.values()) < 3:
+                for job_id in ids:
+                    with contextlib.suppress(LookupError):
+                        beat = store.job(job_id).heartbeat_at
+                        if beat is not None:
+                            beats[job_id].add(beat)
+                time.sleep(0.1)
+        time.sleep(0.3)
+        crashed = reap(recorder.url, heartbeat_timeout=0.5).crashed
+        release.set()
+        assert queue.join(10)
+    assert crashed == ()
+    assert all(len(b) >= 3 for b in beats.values()), beats
+    assert "heartbeat" not in caplog.text

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table, bindparam, literal_column, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -259,7 +259,10 @@ class Recorder:
             return
         now = time.time()
         params = [{"b_job_id": job_id, "b_attempt": attempt} for job_id, attempt in running]
-        alive = (JobState.RUNNING.value, JobState.CRASHED.value)
+        # Literals, not an IN list: an expanding parameter cannot run in an executemany.
+        alive = [
+            literal_column(f"'{state.value}'") for state in (JobState.RUNNING, JobState.CRASHED)
+        ]
         try:
             with self._db_lock, suppress_instrumentation(), self._engine.begin() as conn:
                 for table in _TABLES:
@@ -268,7 +271,7 @@ class Recorder:
                         .where(
                             table.c.job_id == bindparam("b_job_id"),
                             table.c.attempt == bindparam("b_attempt"),
-                            table.c.state.in_(alive),
+                            or_(*(table.c.state == state for state in alive)),
                         )
                         .values(heartbeat_at=now, state=JobState.RUNNING.value),
                         params,
