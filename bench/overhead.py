@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, Sam
 from opentelemetry.trace import SpanKind
 
 import jobtrace
-from jobtrace._internal import records
+from jobtrace import records
 
 ARGS = {"source": "example-cinema", "movie_id": 4402192, "page": 3, "api_key": "k-123"}
 

@@ -35,10 +35,10 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from jobtrace._internal import records
-from jobtrace._internal.records import JobRecord, JobState
+from jobtrace import records
 from jobtrace.lineage.models import Job
 from jobtrace.lineage.recorder import Recorder
+from jobtrace.records import JobRecord, JobState
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "JOBTRACE_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

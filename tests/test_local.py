@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtrace
-from jobtrace._internal import records
-from jobtrace._internal.records import JobRecord, JobState
+from jobtrace import records
 from jobtrace.local import LocalQueue
+from jobtrace.records import JobRecord, JobState
 from jobtrace.testing import capture_telemetry
 
 

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import jobtrace
-from jobtrace._internal import records
+from jobtrace import records
 from jobtrace._internal.config import get_settings
 from jobtrace.testing import CapturedTelemetry, capture_telemetry
 from jobtrace.testing import jobtrace_telemetry as jobtrace_telemetry  # registers the fixture

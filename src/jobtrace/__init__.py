@@ -9,7 +9,6 @@ adds fields with :func:`set_attribute`, :func:`count`, :func:`progress` and frie
 from jobtrace._internal.config import Relationship, Settings, get_settings
 from jobtrace._internal.consumer import JobRun, trace_job, wrap_job
 from jobtrace._internal.current import (
-    JobInfo,
     add_event,
     cancel,
     count,
@@ -23,10 +22,10 @@ from jobtrace._internal.current import (
     skip,
 )
 from jobtrace._internal.producer import Enqueue, prepare_enqueue
-from jobtrace._internal.records import JobState
 from jobtrace._internal.setup import configure
 from jobtrace._internal.telemetry import flush
 from jobtrace._version import __version__
+from jobtrace.records import JobInfo, JobState
 
 __all__ = [
     "Enqueue",

@@ -51,8 +51,9 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import SpanKind
 from opentelemetry.util._once import Once
 
-from jobtrace._internal import config, records
-from jobtrace._internal.records import JobRecord
+from jobtrace import records
+from jobtrace._internal import config
+from jobtrace.records import JobRecord
 
 __all__ = ["CapturedTelemetry", "capture_telemetry"]
 
@@ -64,7 +65,7 @@ class CapturedTelemetry:
     Attributes:
         exporter: Receives every finished span (through a ``SimpleSpanProcessor``).
         metric_reader: Collects the metrics on demand.
-        records: Every :class:`~jobtrace._internal.records.JobRecord` emitted, in order.
+        records: Every :class:`~jobtrace.records.JobRecord` emitted, in order.
         tracer_provider: The provider installed for the capture; add processors to it to test
             your own exporters.
         meter_provider: The meter provider installed for the capture.

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtrace
-from jobtrace._internal.records import JobState
+from jobtrace.records import JobState
 from jobtrace.testing import CapturedTelemetry
 
 
@@ -330,7 +330,7 @@ def test_raising_record_sink_costs_a_warning(
     def broken_sink(record: object) -> None:
         raise RuntimeError("database is gone")
 
-    from jobtrace._internal import records
+    from jobtrace import records
 
     records.add_sink(broken_sink)
     try:

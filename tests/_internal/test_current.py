@@ -10,7 +10,7 @@ from opentelemetry.trace import StatusCode
 
 import jobtrace
 from jobtrace._internal.config import update_settings
-from jobtrace._internal.records import JobState
+from jobtrace.records import JobState
 from jobtrace.testing import CapturedTelemetry
 
 

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from jobtrace._internal.records import JobRecord, JobState
 from jobtrace.lineage import _merge
 from jobtrace.lineage.models import ID_LENGTH, Attempt, Job
 from jobtrace.lineage.store import create_store_engine, upgrade
+from jobtrace.records import JobRecord, JobState
 
 T = 1_700_000_000.0
 

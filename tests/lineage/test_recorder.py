@@ -23,13 +23,13 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import OperationalError
 
 import jobtrace
-from jobtrace._internal.records import JobRecord, JobState
 from jobtrace.lineage import recorder as recorder_module
 from jobtrace.lineage.models import Attempt, Job
 from jobtrace.lineage.queries import JobNotFoundError, LineageStore
 from jobtrace.lineage.reaper import reap
 from jobtrace.lineage.recorder import Recorder, get_recorder, start_recorder, stop_recorder
 from jobtrace.local import LocalQueue
+from jobtrace.records import JobRecord, JobState
 from jobtrace.testing import capture_telemetry
 
 UNREACHABLE_URL = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2"

@@ -18,13 +18,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
-from jobtrace._internal import current, records, semconv
+from jobtrace import records
+from jobtrace._internal import current, semconv
 from jobtrace._internal.config import Relationship, get_settings
 from jobtrace._internal.metadata import Incoming, read_metadata, retry_metadata
 from jobtrace._internal.producer import new_job_id
-from jobtrace._internal.records import JobRecord, JobState
 from jobtrace._internal.redaction import args_text, call_args
 from jobtrace._internal.telemetry import flush, in_forked_child, instruments, tracer
+from jobtrace.records import JobState
 
 logger = logging.getLogger("jobtrace")
 
@@ -74,7 +75,7 @@ class JobRun:
         self.flush = flush
         self.adopted_span = span
         self.state: JobState | None = None
-        self.info: current.JobInfo | None = None
+        self.info: records.JobInfo | None = None
         self._job: current.ActiveJob | None = None
         self._context_token: object | None = None
         self._job_token: Token[current.ActiveJob | None] | None = None
@@ -101,10 +102,9 @@ class JobRun:
         attempt = self.attempt or incoming.attempt or 1
         relationship: Relationship = incoming.relationship or "child"
         parent_context, links = _parent_and_links(incoming, relationship)
-        depth = (
-            incoming.depth if incoming.depth is not None else (1 if incoming.parent_job_id else 0)
+        root_job_id, depth = records.lineage(
+            job_id, incoming.parent_job_id, incoming.root_job_id, incoming.depth
         )
-        root_job_id = incoming.root_job_id or job_id
         now = time.time()
         attributes: dict[str, Any] = {
             semconv.MESSAGING_SYSTEM: self.system,
@@ -143,7 +143,7 @@ class JobRun:
             for link in links:
                 span.add_link(link.context, link.attributes)
         span_context = span.get_span_context()
-        self.info = current.JobInfo(
+        self.info = records.JobInfo(
             job_id=job_id,
             name=self.name,
             queue=self.queue,
@@ -164,25 +164,13 @@ class JobRun:
             instruments().queue_wait.record(queue_wait, self._metric_attributes())
         if records.has_sinks():
             records.emit(
-                JobRecord(
-                    kind="started",
-                    job_id=job_id,
-                    attempt=attempt,
-                    name=self.name,
-                    state=JobState.RUNNING,
-                    queue=self.queue,
-                    system=self.system,
-                    parent_job_id=incoming.parent_job_id,
-                    root_job_id=root_job_id,
-                    depth=depth,
-                    trace_id=self.info.trace_id,
-                    span_id=self.info.span_id,
+                records.started(
+                    self.info,
+                    at=now,
                     args=recorded_args,
+                    enqueued_at=incoming.enqueued_at,
                     host=_HOST,
                     pid=os.getpid(),
-                    enqueued_at=incoming.enqueued_at,
-                    started_at=now,
-                    heartbeat_at=now,
                 )
             )
 
@@ -273,19 +261,10 @@ class JobRun:
         metrics.outcomes.add(tuple(metric_attributes.items()))
         if records.has_sinks():
             records.emit(
-                JobRecord(
-                    kind="finished",
-                    job_id=info.job_id,
-                    attempt=info.attempt,
-                    name=info.name,
-                    state=outcome,
-                    queue=info.queue,
-                    system=info.system,
-                    parent_job_id=info.parent_job_id,
-                    root_job_id=info.root_job_id,
-                    depth=info.depth,
-                    trace_id=info.trace_id,
-                    span_id=info.span_id,
+                records.finished(
+                    info,
+                    outcome,
+                    at=finished,
                     items=dict(job.items),
                     progress=job.progress,
                     error_type=error_type,
@@ -293,8 +272,6 @@ class JobRun:
                     reason=reason,
                     host=_HOST,
                     pid=os.getpid(),
-                    finished_at=finished,
-                    heartbeat_at=finished,
                 )
             )
         flush_now = self.flush if self.flush is not None else settings.flush_on_job_end
@@ -335,7 +312,7 @@ class JobRun:
 
     def retry_metadata(self) -> dict[str, str]:
         """Keys to add to the job's metadata for its next attempt, so that attempt links back."""
-        if self.info is None:
+        if self.info is None or self.info.trace_id is None or self.info.span_id is None:
             return {}
         span_context = trace.SpanContext(
             int(self.info.trace_id, 16), int(self.info.span_id, 16), is_remote=True

@@ -17,27 +17,12 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
-from jobtrace._internal import records, semconv, telemetry
+from jobtrace import records
+from jobtrace._internal import semconv, telemetry
 from jobtrace._internal.config import get_settings
-from jobtrace._internal.records import JobRecord, JobState
+from jobtrace.records import JobInfo, JobState
 
 ITEM_KINDS = ("total", "processed", "failed", "skipped")
-
-
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """Who the running job is: its identity and its place in the pipeline."""
-
-    job_id: str
-    name: str
-    queue: str | None
-    attempt: int
-    parent_job_id: str | None
-    root_job_id: str
-    depth: int
-    system: str
-    trace_id: str
-    span_id: str
 
 
 @dataclass(slots=True)
@@ -130,18 +115,7 @@ def progress(done: float, total: float | None = None) -> None:
         event["total"] = total
     job.span.add_event(semconv.EVENT_PROGRESS, event)
     if records.has_sinks():
-        info = job.info
-        records.emit(
-            JobRecord(
-                kind="heartbeat",
-                job_id=info.job_id,
-                attempt=info.attempt,
-                name=info.name,
-                state=JobState.RUNNING,
-                progress=fraction,
-                heartbeat_at=time.time(),
-            )
-        )
+        records.emit(records.heartbeat(job.info, at=time.time(), progress=fraction))
 
 
 def add_event(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:

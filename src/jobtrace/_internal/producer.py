@@ -12,11 +12,11 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from jobtrace._internal import records, semconv
+from jobtrace import records
+from jobtrace._internal import semconv
 from jobtrace._internal.config import Relationship, Settings, get_settings
 from jobtrace._internal.current import active_job
 from jobtrace._internal.metadata import write_lineage
-from jobtrace._internal.records import JobRecord, JobState
 from jobtrace._internal.redaction import args_text
 from jobtrace._internal.telemetry import tracer
 
@@ -143,24 +143,18 @@ class Enqueue:
         )
         if records.has_sinks():
             span_context = span.get_span_context()
-            records.emit(
-                JobRecord(
-                    kind="enqueued",
-                    job_id=self.job_id,
-                    attempt=1,
-                    name=self.name,
-                    state=JobState.QUEUED,
-                    queue=self.queue,
-                    system=self.system,
-                    parent_job_id=parent_job_id,
-                    root_job_id=root_job_id,
-                    depth=depth,
-                    trace_id=f"{span_context.trace_id:032x}",
-                    args=recorded_args,
-                    enqueued_at=now,
-                    due_at=now + self.delay if self.delay and self.delay > 0 else None,
-                )
+            info = records.JobInfo(
+                job_id=self.job_id,
+                name=self.name,
+                root_job_id=root_job_id,
+                depth=depth,
+                queue=self.queue,
+                parent_job_id=parent_job_id,
+                system=self.system,
+                trace_id=f"{span_context.trace_id:032x}",
             )
+            due_at = now + self.delay if self.delay and self.delay > 0 else None
+            records.emit(records.enqueued(info, at=now, args=recorded_args, due_at=due_at))
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span; an ``error`` (the send failed) marks it as an error."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
-from jobtrace._internal import records, semconv
+from jobtrace import records
+from jobtrace._internal import semconv
 from jobtrace._version import __version__
 
 logger = logging.getLogger("jobtrace")

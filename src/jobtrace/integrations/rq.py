@@ -115,8 +115,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.worker import Worker
 
-from jobtrace import Enqueue, JobRun, JobState, trace_job
-from jobtrace._internal import records
+from jobtrace import Enqueue, JobRun, JobState, records, trace_job
 from jobtrace._internal.metadata import (
     KEY_ATTEMPT,
     KEY_JOB_ID,
@@ -124,7 +123,6 @@ from jobtrace._internal.metadata import (
     Incoming,
     read_metadata,
 )
-from jobtrace._internal.records import JobRecord
 from jobtrace._internal.redaction import call_args
 from jobtrace._internal.telemetry import in_forked_child
 from jobtrace.integrations._common import start_recording
@@ -250,23 +248,21 @@ def _record_outcome(
         return
     if incoming is None:
         incoming = _incoming(job)
-    root_job_id = incoming.root_job_id or job.id
-    records.emit(
-        JobRecord(
-            kind="finished",
-            job_id=job.id,
-            attempt=incoming.attempt or 1,
-            name=_job_name(job),
-            state=state,
-            queue=job.origin,
-            system=SYSTEM,
-            parent_job_id=incoming.parent_job_id,
-            root_job_id=root_job_id,
-            depth=incoming.depth if incoming.depth is not None else 0,
-            reason=reason,
-            finished_at=time.time(),
-        )
+    job_id = str(job.id)
+    root_job_id, depth = records.lineage(
+        job_id, incoming.parent_job_id, incoming.root_job_id, incoming.depth
     )
+    info = records.JobInfo(
+        job_id=job_id,
+        name=_job_name(job),
+        root_job_id=root_job_id,
+        depth=depth,
+        queue=job.origin,
+        attempt=incoming.attempt or 1,
+        parent_job_id=incoming.parent_job_id,
+        system=SYSTEM,
+    )
+    records.emit(records.unrun(info, state, at=time.time(), reason=reason))
 
 
 def _save_retry_metadata(job: Job, run: JobRun) -> None:

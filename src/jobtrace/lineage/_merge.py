@@ -25,8 +25,8 @@ from sqlalchemy import ColumnElement, Table, and_, case, func, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
-from jobtrace._internal.records import JobRecord, JobState
 from jobtrace.lineage.models import ID_LENGTH, NAME_LENGTH, Attempt, Base, Job, UTCDateTime
+from jobtrace.records import JobRecord, JobState
 
 Row = dict[str, Any]
 _JOBS: Table = Base.metadata.tables[Job.__tablename__]

@@ -37,8 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from jobtrace._internal.records import DONE_STATES, FAILED_STATES, JobState
 from jobtrace.lineage.models import Attempt, Base, Job
+from jobtrace.records import DONE_STATES, FAILED_STATES, JobState
 
 __all__ = [
     "ACTIVE",

@@ -20,9 +20,9 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import ColumnElement, Table, and_, func, not_, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
-from jobtrace._internal.records import JobState
 from jobtrace.lineage.models import Attempt, Base, Job
 from jobtrace.lineage.store import create_store_engine
+from jobtrace.records import JobState
 
 HEARTBEAT_TIMEOUT = 60.0
 STALLED_AFTER = 3600.0

@@ -24,16 +24,16 @@ from collections import deque
 from collections.abc import Sequence
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import Table, bindparam, literal_column, or_, update
+from sqlalchemy import ColumnElement, Table, bindparam, literal_column, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from jobtrace._internal import records
+from jobtrace import records
 from jobtrace._internal.config import get_settings
-from jobtrace._internal.records import JobRecord, JobState
 from jobtrace.lineage import _merge
 from jobtrace.lineage.models import Attempt, Base, Job
 from jobtrace.lineage.store import create_store_engine, default_url, ensure_schema
+from jobtrace.records import JobRecord, JobState
 
 logger = logging.getLogger("jobtrace")
 
@@ -260,8 +260,8 @@ class Recorder:
         now = time.time()
         params = [{"b_job_id": job_id, "b_attempt": attempt} for job_id, attempt in running]
         # Literals, not an IN list: an expanding parameter cannot run in an executemany.
-        alive = [
-            literal_column(f"'{state.value}'") for state in (JobState.RUNNING, JobState.CRASHED)
+        alive: list[ColumnElement[str]] = [
+            literal_column(f"'{state.value}'") for state in _HEARTBEAT_STATES
         ]
         try:
             with self._db_lock, suppress_instrumentation(), self._engine.begin() as conn:
@@ -321,6 +321,17 @@ os.register_at_fork(
     after_in_child=_after_fork_in_child,
 )
 
+#: What a heartbeat may turn back into ``running``: every state but an outcome the attempt itself
+#: reported. This process knows the attempt runs here, so a ``queued`` or ``stalled`` row (its
+#: ``started`` record was lost), a ``crashed`` one (the reaper was early) or an ``unknown`` one
+#: (lost track) is wrong.
+_HEARTBEAT_STATES = (
+    JobState.QUEUED,
+    JobState.STALLED,
+    JobState.RUNNING,
+    JobState.CRASHED,
+    JobState.UNKNOWN,
+)
 _TABLES: tuple[Table, ...] = tuple(
     Base.metadata.tables[model.__tablename__] for model in (Job, Attempt)
 )

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import jobtrace
-from jobtrace._internal import records
-from jobtrace._internal.records import JobRecord, JobState
+from jobtrace import records
+from jobtrace.records import JobRecord, JobState
 from jobtrace.testing import CapturedTelemetry, capture_telemetry
+
+
+@pytest.fixture
+def telemetry() -> Iterator[CapturedTelemetry]:
+    """Spans, metrics and records of this test, with the previous globals back afterwards."""
+    with capture_telemetry() as captured:
+        yield captured
 
 
 def _pipeline() -> tuple[str, str]:

@@ -1,0 +1,321 @@
+"""Job lifecycle records: what the tracing side tells the lineage side, and the rules they follow.
+
+This is the write side's declared interface. A job's identity and place in the pipeline is one
+:class:`JobInfo`, derived once by :func:`lineage` from what its metadata said; the builders
+(:func:`enqueued`, :func:`started`, :func:`heartbeat`, :func:`finished`, :func:`unrun`) turn it into
+the :class:`JobRecord` of each step, so no caller assembles a record by hand. Sinks (the lineage
+recorder, a test) subscribe with :func:`add_sink`. Emitting never raises and never blocks on I/O:
+a sink must hand the record to its own queue and return. See ``docs/lineage.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal, NamedTuple
+
+logger = logging.getLogger("jobtrace")
+
+
+class JobState(str, Enum):
+    """Where a job run stands. Terminal states never change back to running."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    CRASHED = "crashed"
+    STALLED = "stalled"
+    #: Known only by name: a parent or root no record of reached the store, or a job whose
+    #: records were lost in a store outage (the reaper's "lost track", never a crash).
+    UNKNOWN = "unknown"
+
+    @property
+    def is_done(self) -> bool:
+        """True for a state after which the job will not run again (crashed counts as done)."""
+        return self in DONE_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DONE_STATES = frozenset(
+    {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.DISCARDED,
+        JobState.CANCELLED,
+        JobState.SKIPPED,
+        JobState.CRASHED,
+    }
+)
+FAILED_STATES = frozenset({JobState.FAILED, JobState.DISCARDED, JobState.CRASHED})
+
+RecordKind = Literal["enqueued", "started", "heartbeat", "finished", "lost"]
+
+
+class JobRecord(NamedTuple):
+    """One step of one attempt of one job, as the lineage store needs it.
+
+    Times are Unix epoch seconds. ``None`` means "not known at this step": a sink merges records of
+    the same ``(job_id, attempt)`` and keeps what other records said, and never invents a value
+    (a record without ``root_job_id`` or ``depth`` leaves them to the records that carry them).
+    A named tuple: immutable, cheap to build three times per job on the job's own thread, and
+    picklable (a sink may hand records to another process). Build one with the functions below.
+    """
+
+    kind: RecordKind
+    job_id: str
+    attempt: int
+    name: str
+    state: JobState
+    queue: str | None = None
+    system: str | None = None
+    parent_job_id: str | None = None
+    root_job_id: str | None = None
+    depth: int | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    args: str | None = None
+    items: Mapping[str, int] | None = None  # item counts, on a finished record
+    progress: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    reason: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    enqueued_at: float | None = None
+    due_at: float | None = None  # a delayed job may not run before this
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+
+
+def lineage(
+    job_id: str, parent_job_id: str | None, root_job_id: str | None, depth: int | None
+) -> tuple[str, int]:
+    """A job's ``(root_job_id, depth)`` from what its metadata said: the one rule, used everywhere.
+
+    A job that names no parent is the root of its own run (depth 0 unless a depth came). A job that
+    names a parent but no root is taken to hang under a parent that is its run's root (the root
+    key is required by the metadata contract; this keeps a sloppy producer's run whole); a named
+    parent without a depth puts the job at depth 1.
+    """
+    if parent_job_id is None:
+        return root_job_id or job_id, depth if depth is not None else 0
+    return root_job_id or parent_job_id, depth if depth is not None else 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobInfo:
+    """Who a job is: its identity and its place in the pipeline, as every record of it says.
+
+    ``root_job_id`` and ``depth`` come from :func:`lineage`.
+    """
+
+    job_id: str
+    name: str
+    root_job_id: str
+    depth: int
+    queue: str | None = None
+    attempt: int = 1
+    parent_job_id: str | None = None
+    system: str = "jobtrace"
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+def enqueued(
+    info: JobInfo,
+    *,
+    at: float,
+    args: str | None = None,
+    due_at: float | None = None,
+) -> JobRecord:
+    """The record of a send: the job waits in its queue (scheduled when ``due_at`` is later)."""
+    return JobRecord(
+        "enqueued",
+        info.job_id,
+        info.attempt,
+        info.name,
+        JobState.QUEUED,
+        info.queue,
+        info.system,
+        info.parent_job_id,
+        info.root_job_id,
+        info.depth,
+        info.trace_id,
+        info.span_id,
+        args,
+        enqueued_at=at,
+        due_at=due_at,
+    )
+
+
+def started(
+    info: JobInfo,
+    *,
+    at: float,
+    args: str | None = None,
+    enqueued_at: float | None = None,
+    host: str | None = None,
+    pid: int | None = None,
+) -> JobRecord:
+    """The record of an attempt that began running here."""
+    return JobRecord(
+        "started",
+        info.job_id,
+        info.attempt,
+        info.name,
+        JobState.RUNNING,
+        info.queue,
+        info.system,
+        info.parent_job_id,
+        info.root_job_id,
+        info.depth,
+        info.trace_id,
+        info.span_id,
+        args,
+        host=host,
+        pid=pid,
+        enqueued_at=enqueued_at,
+        started_at=at,
+        heartbeat_at=at,
+    )
+
+
+def heartbeat(info: JobInfo, *, at: float, progress: float | None = None) -> JobRecord:
+    """The record of a running attempt saying it is alive (and how far it got)."""
+    return JobRecord(
+        "heartbeat",
+        info.job_id,
+        info.attempt,
+        info.name,
+        JobState.RUNNING,
+        info.queue,
+        info.system,
+        info.parent_job_id,
+        info.root_job_id,
+        info.depth,
+        info.trace_id,
+        info.span_id,
+        progress=progress,
+        heartbeat_at=at,
+    )
+
+
+def finished(
+    info: JobInfo,
+    state: JobState,
+    *,
+    at: float,
+    items: Mapping[str, int] | None = None,
+    progress: float | None = None,
+    error_type: str | None = None,
+    error_message: str | None = None,
+    reason: str | None = None,
+    host: str | None = None,
+    pid: int | None = None,
+) -> JobRecord:
+    """The record of an attempt's outcome, as the attempt itself saw it end."""
+    return JobRecord(
+        "finished",
+        info.job_id,
+        info.attempt,
+        info.name,
+        state,
+        info.queue,
+        info.system,
+        info.parent_job_id,
+        info.root_job_id,
+        info.depth,
+        info.trace_id,
+        info.span_id,
+        None,
+        items,
+        progress,
+        error_type,
+        error_message,
+        reason,
+        host,
+        pid,
+        finished_at=at,
+        heartbeat_at=at if host is not None else None,
+    )
+
+
+def unrun(info: JobInfo, state: JobState, *, at: float, reason: str) -> JobRecord:
+    """The outcome of an attempt no job span saw end: its worker died, it expired, it was dropped.
+
+    Nothing ran in this process, so the record says nothing about a host or a heartbeat.
+    """
+    return JobRecord(
+        "finished",
+        info.job_id,
+        info.attempt,
+        info.name,
+        state,
+        info.queue,
+        info.system,
+        info.parent_job_id,
+        info.root_job_id,
+        info.depth,
+        info.trace_id,
+        info.span_id,
+        reason=reason,
+        finished_at=at,
+    )
+
+
+RecordSink = Callable[[JobRecord], None]
+
+_sinks: tuple[RecordSink, ...] = ()
+_sinks_lock = threading.Lock()
+
+
+def add_sink(sink: RecordSink) -> None:
+    """Subscribe ``sink`` to every record emitted in this process."""
+    global _sinks
+    with _sinks_lock:
+        if sink not in _sinks:
+            _sinks = (*_sinks, sink)
+
+
+def remove_sink(sink: RecordSink) -> None:
+    """Unsubscribe ``sink``; unknown sinks are ignored."""
+    global _sinks
+    with _sinks_lock:
+        _sinks = tuple(s for s in _sinks if s != sink)
+
+
+def has_sinks() -> bool:
+    """Whether anyone listens, so callers can skip building records nobody reads."""
+    return bool(_sinks)
+
+
+def emit(record: JobRecord) -> None:
+    """Hand ``record`` to every sink; a failing sink costs a warning, never the job."""
+    for sink in _sinks:
+        try:
+            sink(record)
+        except Exception:
+            logger.warning("jobtrace: record sink %r failed", sink, exc_info=True)
+
+
+def flush(timeout: float) -> None:
+    """Ask every sink that buffers (it has a ``flush(timeout)`` method) to write out now."""
+    for sink in _sinks:
+        sink_flush = getattr(sink, "flush", None)
+        if sink_flush is None:
+            continue
+        try:
+            sink_flush(timeout)
+        except Exception:
+            logger.warning("jobtrace: flushing record sink %r failed", sink, exc_info=True)
