@@ -86,10 +86,8 @@ def engine(store_url: str) -> Iterator[Engine]:
 
 
 def write(engine: Engine, batch: Sequence[JobRecord], now: float = T) -> None:
-    jobs, attempts = _merge.rows(batch, now)
     with engine.begin() as conn:
-        _merge.upsert_jobs(conn, jobs)
-        _merge.upsert_attempts(conn, attempts)
+        _merge.write(conn, batch, now)
 
 
 def job(engine: Engine, job_id: str = "job-1") -> dict[str, Any]:
@@ -193,3 +191,72 @@ def test_long_ids_that_share_a_prefix_stay_distinct() -> None:
     first, second = "x" * 1000 + "a", "x" * 1000 + "b"
     assert _merge.safe_id(first) != _merge.safe_id(second)
     assert _merge.safe_id("short") == "short"
+
+
+def test_a_record_without_root_or_depth_leaves_them_to_the_records_that_have_them(
+    engine: Engine,
+) -> None:
+    """A bare heartbeat never moves a job out of its run, whichever order the records come in."""
+    bare = record("heartbeat", JobState.RUNNING, progress=0.5, heartbeat_at=T + 1.5)
+    for batches in ([[STARTED], [bare]], [[bare], [STARTED]], [[bare, STARTED]]):
+        with engine.begin() as conn:
+            conn.execute(Job.__table__.delete())
+        for batch in batches:
+            write(engine, batch)
+        row = job(engine)
+        assert (row["root_job_id"], row["depth"], row["progress"]) == ("root", 1, 0.5), batches
+    with engine.begin() as conn:
+        conn.execute(Job.__table__.delete())
+    write(engine, [bare])
+    assert (job(engine)["root_job_id"], job(engine)["depth"]) == (None, None)
+
+
+def test_a_job_named_as_parent_or_root_gets_a_placeholder_its_own_record_replaces(
+    engine: Engine,
+) -> None:
+    """The store knows every job it heard of; the job's own first record replaces every field."""
+    child = record(
+        "started",
+        JobState.RUNNING,
+        parent_job_id="page-9",
+        root_job_id="sync-1",
+        depth=2,
+        started_at=T,
+    )
+    write(engine, [child])
+    parent, root = job(engine, "page-9"), job(engine, "sync-1")
+    assert (parent["state"], parent["attempt"], parent["root_job_id"], parent["depth"]) == (
+        "unknown",
+        0,
+        "sync-1",
+        1,
+    )
+    assert (root["state"], root["root_job_id"], root["depth"], root["parent_job_id"]) == (
+        "unknown",
+        "sync-1",
+        0,
+        None,
+    )
+    assert "job-1" in parent["reason"]
+    write(engine, [child])  # heard of again: the placeholder is not touched
+    assert job(engine, "page-9")["updated_at"] == parent["updated_at"]
+    own = JobRecord(
+        kind="enqueued",
+        job_id="page-9",
+        attempt=1,
+        name="MoviePageJob",
+        state=JobState.QUEUED,
+        parent_job_id="sync-1",
+        root_job_id="sync-1",
+        depth=1,
+        enqueued_at=T - 5,
+    )
+    write(engine, [own])
+    replaced = job(engine, "page-9")
+    assert (replaced["state"], replaced["name"], replaced["attempt"], replaced["reason"]) == (
+        "queued",
+        "MoviePageJob",
+        1,
+        None,
+    )
+    assert replaced["parent_job_id"] == "sync-1"

@@ -90,3 +90,65 @@ def test_a_job_scheduled_for_later_stalls_only_once_it_is_due(sqlite_url: str) -
     result = reap(sqlite_url, stalled_after=300, now=NOW)
     assert result.stalled == (overdue,)
     assert later not in result.stalled
+
+
+def test_a_job_is_not_crashed_before_it_missed_its_own_heartbeats(store_url: str) -> None:
+    """A timeout shorter than the worker's interval waits for three missed heartbeats."""
+    upgrade(store_url)
+    builder = TreeBuilder()
+    slow_beats = builder.job(
+        "BatchJob", state="running", started=0, heartbeat=580, heartbeat_interval=10.0
+    )
+    long_gone = builder.job(
+        "BatchJob", state="running", started=0, heartbeat=560, heartbeat_interval=10.0
+    )
+    unknown_interval = builder.job("BatchJob", state="running", started=0, heartbeat=590)
+    engine = create_schema(store_url)
+    builder.insert(engine)
+    engine.dispose()
+    result = reap(store_url, heartbeat_timeout=3, now=NOW)
+    assert set(result.crashed) == {long_gone, unknown_interval}
+    with LineageStore(store_url) as store:
+        assert store.job(slow_beats).state == "running"
+        assert store.job(long_gone).reason == "no heartbeat for 30s"
+    assert reap(store_url, heartbeat_timeout=3, missed_heartbeats=1, now=NOW).crashed == (
+        slow_beats,
+    )
+
+
+def test_a_job_whose_records_were_lost_is_lost_track_not_crashed(store_url: str) -> None:
+    """Silent jobs of a writer that dropped records become unknown, with a reason that says so."""
+    from jobtrace.lineage.models import Gap
+
+    upgrade(store_url)
+    builder = TreeBuilder()
+    marked = builder.job("BatchJob", state="running", started=0, heartbeat=100)
+    builder.jobs[marked]["lost_at"] = builder.at(300)
+    in_gap = builder.job("BatchJob", state="running", started=0, heartbeat=100, host="w1", pid=7)
+    other_host = builder.job(
+        "BatchJob", state="running", started=0, heartbeat=100, host="w2", pid=7
+    )
+    queued_lost = builder.job("BatchJob", state="queued", enqueued=10)
+    builder.jobs[queued_lost]["lost_at"] = builder.at(300)
+    engine = create_schema(store_url)
+    builder.insert(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            Gap.__table__.insert().values(
+                host="w1",
+                pid=7,
+                started_at=builder.at(90),
+                ended_at=builder.at(200),
+                records_dropped=40,
+                jobs_redelivered=0,
+            )
+        )
+    engine.dispose()
+    result = reap(store_url, heartbeat_timeout=60, stalled_after=300, now=NOW)
+    assert result.crashed == (other_host,)
+    assert set(result.lost) == {marked, in_gap, queued_lost}
+    with LineageStore(store_url) as store:
+        row = store.job(in_gap)
+    assert row.state == "unknown"
+    assert row.reason is not None
+    assert row.reason.startswith("lost track")

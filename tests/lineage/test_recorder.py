@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import OperationalError
 
 import jobtrace
+from jobtrace import records as records_module
 from jobtrace.lineage import recorder as recorder_module
 from jobtrace.lineage.models import Attempt, Job
 from jobtrace.lineage.queries import JobNotFoundError, LineageStore
@@ -389,3 +390,80 @@ def test_jobs_running_at_once_in_one_process_all_heartbeat(
     assert crashed == ()
     assert all(len(b) >= 3 for b in beats.values()), beats
     assert "heartbeat" not in caplog.text
+
+
+def test_a_child_reporting_progress_stays_in_its_parents_run(recorder: Recorder) -> None:
+    """progress() while children run: they are counted under their root, not as runs of their own."""
+    release = threading.Event()
+    reported = threading.Barrier(4)
+
+    def batch(n: int) -> None:
+        jobtrace.progress(n, 10)
+        reported.wait(10)
+        release.wait(10)
+
+    def upload() -> None:
+        for n in range(3):
+            queue.enqueue(batch, n, name="BatchJob")
+
+    with capture_telemetry(), LocalQueue(4) as queue:
+        root = queue.enqueue(upload, name="UploadJob")
+        reported.wait(10)
+        assert recorder.flush(10)
+        with LineageStore(recorder.url) as store:
+            runs = [run.root.job_id for run in store.runs()]
+            counts = store.stage_stats(root).by_stage()
+        release.set()
+        assert queue.join(10)
+    assert runs == [root]
+    assert counts[(1, "BatchJob")] == {"running": 3}
+
+
+def test_records_dropped_in_an_outage_are_redelivered_and_marked_lost(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that refuses for a while: each job's latest record arrives after, marked lost."""
+    from sqlalchemy.engine import make_url
+
+    from jobtrace.lineage.models import Gap
+    from tests.faults import tcp_proxy
+
+    def rec(job_id: str, kind: str, state: JobState) -> JobRecord:
+        info = records_module.JobInfo(job_id=job_id, name="BatchJob", root_job_id="up", depth=1)
+        if kind == "started":
+            return records_module.started(info, at=time.time(), host="w1", pid=7)
+        return records_module.finished(info, state, at=time.time(), host="w1", pid=7)
+
+    real = make_url(postgres_url)
+    with tcp_proxy(real.port or 5432) as proxy:
+        url = real.set(port=proxy.port).render_as_string(hide_password=False)
+        url += "?connect_timeout=2"
+        recorder = Recorder(url, write_interval=0.05)
+        try:
+            assert recorder.prepare()
+            recorder(rec("a", "started", JobState.RUNNING))
+            recorder(rec("b", "started", JobState.RUNNING))
+            assert recorder.flush(10)
+            proxy.refuse()
+            recorder(rec("a", "finished", JobState.SUCCEEDED))  # lost with the store
+            recorder(rec("c", "started", JobState.RUNNING))
+            recorder.flush(10)
+            assert recorder.dropped == 2
+            proxy.heal()
+            recorder(rec("d", "started", JobState.RUNNING))
+            assert recorder.flush(10)
+        finally:
+            recorder.close()
+    with LineageStore(postgres_url) as store:
+        rows = {job_id: store.job(job_id) for job_id in "abcd"}
+        with store.engine.connect() as conn:
+            gaps = conn.execute(select(Gap.records_dropped, Gap.jobs_redelivered)).all()
+    assert {k: row.state for k, row in rows.items()} == {
+        "a": "succeeded",
+        "b": "running",
+        "c": "running",
+        "d": "running",
+    }
+    assert [k for k, row in rows.items() if row.lost_at is not None] == ["a", "c"]
+    assert [tuple(gap) for gap in gaps] == [(2, 2)]
+    assert "answers again" in caplog.text

@@ -47,7 +47,7 @@ def test_upgrade_twice_changes_nothing(sqlite_url: str) -> None:
         tables = set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    assert tables == {"jobtrace_jobs", "jobtrace_attempts", store.VERSION_TABLE}
+    assert tables == {"jobtrace_jobs", "jobtrace_attempts", "jobtrace_gaps", store.VERSION_TABLE}
 
 
 def test_concurrent_upgrades_from_four_processes(store_url: str) -> None:

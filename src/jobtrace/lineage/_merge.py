@@ -8,7 +8,11 @@ UPDATE``, atomic per row on SQLite and PostgreSQL):
 - a later attempt replaces everything about the attempt; an earlier one changes nothing;
 - within one attempt, the record further along the lifecycle (:data:`RANKS`) sets the state and
   its known fields win, the other fills only what is missing;
-- fields that describe the job rather than the attempt (:data:`JOB_FIELDS`) are kept once known.
+- fields that describe the job rather than the attempt (:data:`JOB_FIELDS`) are kept once known;
+- nothing is invented: a field no record carried stays NULL (a record without a root leaves the
+  root to the records that have one);
+- a job named as a parent or a root that has no row gets a placeholder (state ``unknown``,
+  attempt 0), which any record of the job itself replaces (:func:`placeholders`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ _ATTEMPTS: Table = Base.metadata.tables[Attempt.__tablename__]
 
 #: Lifecycle order within one attempt; every state not listed is an outcome (rank 4).
 RANKS = {
+    JobState.UNKNOWN.value: -1,
     JobState.QUEUED.value: 0,
     JobState.STALLED.value: 1,
     JobState.RUNNING.value: 2,
@@ -50,6 +55,7 @@ JOB_FIELDS = (
     "args",
     "enqueued_at",
     "due_at",
+    "lost_at",
 )
 ATTEMPT_FIELDS = (
     "trace_id",
@@ -62,6 +68,7 @@ ATTEMPT_FIELDS = (
     "started_at",
     "finished_at",
     "heartbeat_at",
+    "heartbeat_interval",
 )
 ITEM_FIELDS = ("items_total", "items_processed", "items_failed", "items_skipped", "progress")
 MAX_TEXT = 64_000
@@ -105,8 +112,16 @@ def _int(value: int | None) -> int | None:
     return max(-_INT_MAX, min(int(value), _INT_MAX))
 
 
-def job_row(record: JobRecord, now: float) -> Row:
-    """The ``jobtrace_jobs`` row one record stands for."""
+_HEARTBEATING_KINDS = frozenset({"started", "heartbeat"})
+
+
+def job_row(record: JobRecord, now: float, heartbeat_interval: float | None = None) -> Row:
+    """The ``jobtrace_jobs`` row one record stands for.
+
+    Args:
+        heartbeat_interval: How often the writer heartbeats the attempts running in its process;
+            stored with the records that say an attempt runs there.
+    """
     job_id = safe_id(record.job_id)
     items = record.items or {}
     return {
@@ -117,8 +132,8 @@ def job_row(record: JobRecord, now: float) -> Row:
         "queue": _text(record.queue, NAME_LENGTH),
         "system": _text(record.system, 64),
         "parent_job_id": safe_id(record.parent_job_id),
-        "root_job_id": safe_id(record.root_job_id) or job_id,
-        "depth": _int(record.depth) or 0,
+        "root_job_id": safe_id(record.root_job_id),
+        "depth": _int(record.depth),
         "args": _text(record.args, MAX_TEXT),
         "enqueued_at": record.enqueued_at,
         "due_at": record.due_at,
@@ -132,6 +147,8 @@ def job_row(record: JobRecord, now: float) -> Row:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "heartbeat_at": record.heartbeat_at,
+        "heartbeat_interval": heartbeat_interval if record.kind in _HEARTBEATING_KINDS else None,
+        "lost_at": now if record.kind == "lost" else None,
         "items_total": _int(items.get("total")),
         "items_processed": _int(items.get("processed")),
         "items_failed": _int(items.get("failed")),
@@ -167,14 +184,16 @@ def _merged(old: Row, new: Row, job_fields: Iterable[str], attempt_fields: Itera
     return merged
 
 
-def rows(batch: Sequence[JobRecord], now: float) -> tuple[list[Row], list[Row]]:
+def rows(
+    batch: Sequence[JobRecord], now: float, heartbeat_interval: float | None = None
+) -> tuple[list[Row], list[Row]]:
     """One job row per job and one attempt row per attempt, sorted by key (no lock-order cycles).
 
     Records merge per attempt first (the attempt rows), then attempts per job (the job rows).
     """
     merged: dict[tuple[str, int], Row] = {}
     for record in batch:
-        row = job_row(record, now)
+        row = job_row(record, now, heartbeat_interval)
         key = (row["job_id"], row["attempt"])
         old = merged.get(key)
         merged[key] = row if old is None else _merged(old, row, JOB_FIELDS, _JOB_ATTEMPT_FIELDS)
@@ -188,6 +207,55 @@ def rows(batch: Sequence[JobRecord], now: float) -> tuple[list[Row], list[Row]]:
 
 
 _JOB_ATTEMPT_FIELDS = (*ATTEMPT_FIELDS, *ITEM_FIELDS)
+PLACEHOLDER_NAME = "?"
+
+
+def placeholders(jobs: Iterable[Row], skip: Callable[[str], bool]) -> list[Row]:
+    """Rows for the parents and roots ``jobs`` name, so every query finds a run's whole frame.
+
+    A producer in another language, or a parent whose records were dropped, leaves a job that the
+    store knows only by name. Its placeholder is inserted only where no row exists (``DO
+    NOTHING``) and has attempt 0, so the job's own first record replaces every field.
+
+    Args:
+        jobs: Job rows about to be written.
+        skip: Ids known to have a row already (this writer wrote them), to spare the insert.
+    """
+    written = {job["job_id"] for job in jobs}
+    found: dict[str, Row] = {}
+    for job in jobs:
+        root, parent, depth = job["root_job_id"], job["parent_job_id"], job["depth"]
+        if parent is not None and parent not in written and not skip(parent):
+            parent_depth = None if depth is None else max(depth - 1, 0)
+            if parent not in found or found[parent]["depth"] is None:
+                found[parent] = _placeholder(parent, root, parent_depth, job, "parent")
+        if root is not None and root not in written and root not in found and not skip(root):
+            found[root] = _placeholder(root, root, 0, job, "root")
+    return [found[key] for key in sorted(found)]
+
+
+def _placeholder(job_id: str, root: str | None, depth: int | None, child: Row, role: str) -> Row:
+    return {
+        "job_id": job_id,
+        "attempt": 0,
+        "state": JobState.UNKNOWN.value,
+        "name": PLACEHOLDER_NAME,
+        "root_job_id": root,
+        "depth": depth,
+        "reason": f"named as the {role} of {child['job_id']}; no record of it reached the store",
+        "system": child["system"],
+        "updated_at": child["updated_at"],
+    }
+
+
+def insert_placeholders(conn: Connection, rows: list[Row]) -> None:
+    """Insert ``rows`` (from :func:`placeholders`) where the job has no row yet."""
+    if not rows:
+        return
+    insert = _INSERTS[conn.dialect.name]
+    conn.execute(insert(_JOBS).on_conflict_do_nothing(index_elements=["job_id"]), rows)
+
+
 _ATTEMPT_ONLY_FIELDS = ("enqueued_at", *ATTEMPT_FIELDS)
 
 # -- the same rules in SQL ---------------------------------------------------------------------
@@ -344,3 +412,23 @@ def upsert_jobs(conn: Connection, jobs: list[Row]) -> None:
 def upsert_attempts(conn: Connection, attempts: list[Row]) -> None:
     """Merge ``attempts`` (one row per job id and attempt) into ``jobtrace_attempts``."""
     _execute(conn, _ATTEMPTS, attempts)
+
+
+def write(
+    conn: Connection,
+    batch: Sequence[JobRecord],
+    now: float,
+    heartbeat_interval: float | None = None,
+    known: Callable[[str], bool] = lambda job_id: False,
+) -> list[str]:
+    """Merge ``batch`` into the store in ``conn``'s transaction; returns the ids given a row.
+
+    Args:
+        known: Ids that already have a row (the writer wrote them), to spare their placeholders.
+    """
+    jobs, attempts = rows(batch, now, heartbeat_interval)
+    frames = placeholders(jobs, known)
+    upsert_jobs(conn, jobs)
+    upsert_attempts(conn, attempts)
+    insert_placeholders(conn, frames)
+    return [row["job_id"] for row in (*jobs, *frames)]

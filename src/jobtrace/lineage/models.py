@@ -61,8 +61,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     parent_job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
-    root_job_id: Mapped[str] = mapped_column(String(ID_LENGTH))
-    depth: Mapped[int] = mapped_column(Integer, default=0)
+    #: ``None`` while no record said it (the writer never invents a root or a depth).
+    root_job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    depth: Mapped[int | None] = mapped_column(Integer)
     trace_id: Mapped[str | None] = mapped_column(String(32))
     span_id: Mapped[str | None] = mapped_column(String(16))
     args: Mapped[str | None] = mapped_column(Text)
@@ -83,6 +84,10 @@ class Job(Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: When a delayed job may run: it is scheduled, not waiting, until then.
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Seconds between the heartbeats its worker promised: the reaper waits for several missed.
+    heartbeat_interval: Mapped[float | None] = mapped_column(Float)
+    #: When a writer re-delivered this job's records after it had to drop some of them.
+    lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index(None, "root_job_id", "depth", "name", "state"),
@@ -119,3 +124,24 @@ class Attempt(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_interval: Mapped[float | None] = mapped_column(Float)
+
+
+class Gap(Base):
+    """A stretch of time in which one writer dropped records: where the store lost track.
+
+    Jobs whose records the writer still held were re-delivered (their ``lost_at`` is set); a job
+    left silent on this host and process after ``started_at`` is "lost track", not "crashed".
+    """
+
+    __tablename__ = "jobtrace_gaps"
+
+    gap_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    records_dropped: Mapped[int] = mapped_column(Integer)
+    jobs_redelivered: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index(None, "host", "pid"),)

@@ -127,6 +127,8 @@ class JobRow:
     heartbeat_at: datetime | None
     updated_at: datetime | None
     due_at: datetime | None = None
+    heartbeat_interval: float | None = None
+    lost_at: datetime | None = None
 
     @property
     def is_root(self) -> bool:
@@ -164,6 +166,7 @@ class AttemptRow:
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    heartbeat_interval: float | None = None
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,23 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import ColumnElement, Table, bindparam, literal_column, or_, update
+from sqlalchemy import ColumnElement, Table, bindparam, insert, literal_column, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobtrace import records
 from jobtrace._internal.config import get_settings
 from jobtrace.lineage import _merge
-from jobtrace.lineage.models import Attempt, Base, Job
+from jobtrace.lineage.models import Attempt, Base, Gap, Job
 from jobtrace.lineage.store import create_store_engine, default_url, ensure_schema
 from jobtrace.records import JobRecord, JobState
 
@@ -96,7 +98,7 @@ class Recorder:
         elif record.kind == "finished" and self._running.get(record.job_id) == record.attempt:
             del self._running[record.job_id]
         if len(self._buffer) >= self.max_buffered:
-            self.dropped += 1
+            self._drop((record,))
             self._warn("the lineage buffer is full (store slow or down): dropping records")
             return
         buffer = self._buffer
@@ -167,6 +169,12 @@ class Recorder:
 
     def _reset_process_state(self) -> None:
         self._buffer: deque[JobRecord] = deque()
+        # Ids this writer gave a row (theirs or a placeholder), newest last: no placeholder for them.
+        self._known: OrderedDict[str, None] = OrderedDict()
+        # The most advanced record of each job whose records were dropped: re-delivered when the
+        # store answers again, so an outage costs a job its intermediate steps, not its outcome.
+        self._lost: dict[str, JobRecord] = {}
+        self._gap: _Gap | None = None
         self._running: dict[str, int] = {}
         self._accepted = 0
         self._done = 0
@@ -221,16 +229,18 @@ class Recorder:
 
     def _write_batch(self, batch: Sequence[JobRecord]) -> None:
         if not self._schema_ready and not self.prepare():
-            self.dropped += len(batch)
+            self._drop(batch)
             return
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 self._write(batch)
                 self.written += len(batch)
+                if self._gap is not None:
+                    self._redeliver()
                 return
             except (OperationalError, InterfaceError) as error:  # the store is down or busy
                 if attempt == _WRITE_ATTEMPTS:
-                    self.dropped += len(batch)
+                    self._drop(batch)
                     self._warn(f"writing {len(batch)} lineage records failed: {error}")
                     return
                 time.sleep(0.05 * attempt)
@@ -246,10 +256,72 @@ class Recorder:
                 return
 
     def _write(self, batch: Sequence[JobRecord]) -> None:
-        jobs, attempts = _merge.rows(batch, time.time())
+        known = self._known
         with suppress_instrumentation(), self._engine.begin() as conn:
-            _merge.upsert_jobs(conn, jobs)
-            _merge.upsert_attempts(conn, attempts)
+            written = _merge.write(
+                conn, batch, time.time(), self.heartbeat_interval, known.__contains__
+            )
+        for job_id in written:
+            known[job_id] = None
+        while len(known) > _KNOWN_IDS:
+            known.popitem(last=False)
+
+    # -- records that could not be written -------------------------------------------------------
+
+    def _drop(self, batch: Sequence[JobRecord]) -> None:
+        """Count ``batch`` as dropped, keep each job's most advanced record, open or extend a gap."""
+        self.dropped += len(batch)
+        now = time.time()
+        gap = self._gap
+        if gap is None:
+            gap = self._gap = _Gap(started_at=now)
+        gap.ended_at = now
+        gap.dropped += len(batch)
+        lost = self._lost
+        for record in batch:
+            kept = lost.get(record.job_id)
+            if kept is None:
+                if len(lost) >= _MAX_LOST_JOBS:
+                    continue  # past the cap: only the gap row tells
+            elif (kept.attempt, _merge.rank(kept.state.value)) > (
+                record.attempt,
+                _merge.rank(record.state.value),
+            ):
+                continue
+            lost[record.job_id] = record
+
+    def _redeliver(self) -> None:
+        """The store answers again: write the kept records (marked lost) and the gap itself."""
+        gap, lost = self._gap, self._lost
+        if gap is None:
+            return
+        self._gap, self._lost = None, {}
+        kept = [record._replace(kind="lost") for record in lost.values()]
+        try:
+            for start in range(0, len(kept), self.batch_size):
+                self._write(kept[start : start + self.batch_size])
+            with suppress_instrumentation(), self._engine.begin() as conn:
+                conn.execute(
+                    insert(_GAPS).values(
+                        host=_HOST,
+                        pid=os.getpid(),
+                        started_at=gap.started_at,
+                        ended_at=gap.ended_at,
+                        records_dropped=gap.dropped,
+                        jobs_redelivered=len(kept),
+                    )
+                )
+        except Exception as error:
+            self._gap, self._lost = gap, lost  # the next successful write tries again
+            self._warn(f"re-delivering the records of {len(kept)} jobs failed: {error}")
+            return
+        logger.warning(
+            "jobtrace: the lineage store answers again; %d records were dropped in %.0f s, "
+            "the latest record of %d jobs re-delivered (marked lost)",
+            gap.dropped,
+            gap.ended_at - gap.started_at,
+            len(kept),
+        )
 
     def _heartbeat(self) -> None:
         """Tell the store that the jobs running here are alive (a crashed one comes back)."""
@@ -273,7 +345,11 @@ class Recorder:
                             table.c.attempt == bindparam("b_attempt"),
                             or_(*(table.c.state == state for state in alive)),
                         )
-                        .values(heartbeat_at=now, state=JobState.RUNNING.value),
+                        .values(
+                            heartbeat_at=now,
+                            state=JobState.RUNNING.value,
+                            heartbeat_interval=self.heartbeat_interval,
+                        ),
                         params,
                     )
         except Exception as error:
@@ -291,7 +367,19 @@ class Recorder:
         logger.warning("jobtrace: %s (%d records dropped so far)", message, self.dropped)
 
 
+@dataclass
+class _Gap:
+    """Records dropped by this process since the store last answered."""
+
+    started_at: float
+    ended_at: float = 0.0
+    dropped: int = 0
+
+
 _instances: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_HOST = socket.gethostname()
+_KNOWN_IDS = 50_000
+_MAX_LOST_JOBS = 50_000
 
 
 _FORK_WAIT = 5.0
@@ -335,6 +423,7 @@ _HEARTBEAT_STATES = (
 _TABLES: tuple[Table, ...] = tuple(
     Base.metadata.tables[model.__tablename__] for model in (Job, Attempt)
 )
+_GAPS: Table = Base.metadata.tables[Gap.__tablename__]
 _recorder: Recorder | None = None
 _lock = threading.Lock()
 
