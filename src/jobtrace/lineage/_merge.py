@@ -36,13 +36,16 @@ Row = dict[str, Any]
 _JOBS: Table = Base.metadata.tables[Job.__tablename__]
 _ATTEMPTS: Table = Base.metadata.tables[Attempt.__tablename__]
 
-#: Lifecycle order within one attempt; every state not listed is an outcome (rank 4).
+#: Lifecycle order within one attempt; every state not listed is an outcome (rank 4). ``crashed``
+#: ranks with ``running``: the reaper's verdict and the worker's "still running" are the same
+#: stage, and whichever came last is right (a late heartbeat revives; a late verdict stands),
+#: while a late outcome beats both.
 RANKS = {
     JobState.UNKNOWN.value: -1,
     JobState.QUEUED.value: 0,
     JobState.STALLED.value: 1,
     JobState.RUNNING.value: 2,
-    JobState.CRASHED.value: 3,
+    JobState.CRASHED.value: 2,
 }
 OUTCOME_RANK = 4
 JOB_FIELDS = (
