@@ -161,6 +161,7 @@ HOSTILE_IDS = [
     "ünïcødé 🎬 映画",
     "nul\x00byte",
     "x" * 10_000,
+    "lone \ud800 surrogate",
 ]
 
 
@@ -173,10 +174,14 @@ def test_hostile_ids_and_huge_args_are_stored_safely(engine: Engine, job_id: str
         attempt=1,
         name=job_id,
         state=JobState.RUNNING,
+        parent_job_id=f"parent {job_id}",
+        root_job_id=f"root {job_id}",
+        depth=1,
         args="a" * 1_000_000,
         error_message="\x00" * 10,
     )
     write(engine, [hostile])
+    assert job(engine, _merge.safe_id(f"parent {job_id}") or "")["state"] == "unknown"
     stored_id = _merge.safe_id(job_id)
     assert stored_id is not None
     assert len(stored_id) <= ID_LENGTH

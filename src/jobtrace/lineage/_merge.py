@@ -82,14 +82,26 @@ def rank(state: str) -> int:
 
 
 def safe_id(value: str | None) -> str | None:
-    """An id that fits its column: long ids keep a prefix and a hash, so they stay distinct."""
+    """An id that fits its column and every database: the same input always gives the same id.
+
+    NULs become U+FFFD. An id that is too long, or not valid Unicode (a lone surrogate, which
+    PostgreSQL cannot store), keeps a readable prefix and gains a hash of the original, so
+    distinct ids stay distinct.
+    """
     if value is None:
         return None
-    value = value.replace("\x00", "\ufffd")
-    if len(value) <= ID_LENGTH:
-        return value
+    if len(value) <= ID_LENGTH and value.isascii() and "\x00" not in value:
+        return value  # the common case
+    clean = value.replace("\x00", "\ufffd")
+    try:
+        clean.encode("utf-8")
+    except UnicodeEncodeError:
+        clean = clean.encode("utf-8", "replace").decode("utf-8")
+    else:
+        if len(clean) <= ID_LENGTH:
+            return clean
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{value[: ID_LENGTH - len(digest) - 1]}~{digest}"
+    return f"{clean[: ID_LENGTH - len(digest) - 1]}~{digest}"
 
 
 def _text(value: str | None, limit: int) -> str | None:
