@@ -36,6 +36,8 @@ from jobtrace.lineage.reaper import reap
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_CLASS = "examples.batch_upload.worker.Worker"
 DONE = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+#: The workers heartbeat every second, so three missed heartbeats (the reaper's rule) take 3 s.
+HEARTBEAT_INTERVAL = "1"
 
 
 def start_worker(redis_url: str, queue: str, database_url: str) -> subprocess.Popen[bytes]:
@@ -43,6 +45,7 @@ def start_worker(redis_url: str, queue: str, database_url: str) -> subprocess.Po
     env = {
         **os.environ,
         "JOBTRACE_DATABASE_URL": database_url,
+        "JOBTRACE_HEARTBEAT_INTERVAL": HEARTBEAT_INTERVAL,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", "rq.cli", "worker", "--quiet", "--url", redis_url]
