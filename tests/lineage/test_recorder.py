@@ -467,3 +467,59 @@ def test_records_dropped_in_an_outage_are_redelivered_and_marked_lost(
     assert [k for k, row in rows.items() if row.lost_at is not None] == ["a", "c"]
     assert [tuple(gap) for gap in gaps] == [(2, 2)]
     assert "answers again" in caplog.text
+
+
+def test_each_kind_of_problem_has_its_own_warning_limit(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of one problem (a full buffer) does not hide another (a refused record)."""
+    recorder = Recorder(sqlite_url, max_buffered=0)
+    try:
+        info = records_module.JobInfo(job_id="j", name="Job", root_job_id="j", depth=0)
+        for _ in range(3):
+            recorder(records_module.started(info, at=time.time()))
+        recorder._warn("refused", "the lineage store refused a record of Job")
+    finally:
+        recorder.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "jobtrace"]
+    assert sum("buffer is full" in m for m in messages) == 1
+    assert sum("refused a record" in m for m in messages) == 1
+    assert recorder.dropped == 3
+    summary = recorder.summary()
+    assert summary is not None
+    assert "3 lineage records were dropped" in summary
+
+
+def test_a_process_that_lost_records_says_so_once_at_exit(tmp_path: Path) -> None:
+    """Exit with the store down: one line says how many records were lost, and exit is prompt."""
+    code = textwrap.dedent(
+        f"""
+        import jobtrace
+        from jobtrace.lineage.recorder import start_recorder
+        start_recorder({UNREACHABLE_URL!r})
+        for n in range(5):
+            with jobtrace.trace_job(None, name="Job"):
+                pass
+        """
+    )
+    env = {**os.environ, "JOBTRACE_FLUSH_TIMEOUT": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "were dropped" in line]
+    assert len(lines) == 1, done.stderr
+    assert "10 lineage records were dropped" in lines[0]
+    assert "postgres@127.0.0.1:1" in lines[0]
+
+
+def test_dropped_records_are_a_metric(sqlite_url: str) -> None:
+    """jobtrace.lineage.records.dropped is exported, so an outage can be alerted on."""
+    with capture_telemetry() as telemetry:
+        recorder = start_recorder(sqlite_url)
+        try:
+            recorder.dropped += 7
+            points = telemetry.metric_points(recorder_module.DROPPED_METRIC)
+        finally:
+            stop_recorder()
+    assert [point.value for point in points] == [7]  # type: ignore[union-attr]

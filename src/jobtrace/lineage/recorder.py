@@ -22,10 +22,12 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import metrics
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy import ColumnElement, Table, bindparam, insert, literal_column, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -34,7 +36,7 @@ from jobtrace import records
 from jobtrace._internal.config import get_settings
 from jobtrace.lineage import _merge
 from jobtrace.lineage.models import Attempt, Base, Gap, Job
-from jobtrace.lineage.store import create_store_engine, default_url, ensure_schema
+from jobtrace.lineage.store import create_store_engine, default_url, ensure_schema, safe_url
 from jobtrace.records import JobRecord, JobState
 
 logger = logging.getLogger("jobtrace")
@@ -44,6 +46,7 @@ WRITE_INTERVAL = 0.2
 BATCH_SIZE = 2000
 MAX_BUFFERED = 100_000
 WARN_EVERY = 30.0
+DROPPED_METRIC = "jobtrace.lineage.records.dropped"
 _WRITE_ATTEMPTS = 3
 _PREPARE_ATTEMPTS = 5
 
@@ -99,7 +102,9 @@ class Recorder:
             del self._running[record.job_id]
         if len(self._buffer) >= self.max_buffered:
             self._drop((record,))
-            self._warn("the lineage buffer is full (store slow or down): dropping records")
+            self._warn(
+                "buffer", "the lineage buffer is full (store slow or down): dropping records"
+            )
             return
         buffer = self._buffer
         buffer.append(record)
@@ -159,7 +164,7 @@ class Recorder:
                 if attempt < _PREPARE_ATTEMPTS and _is_busy(error):
                     time.sleep(0.05 * attempt)
                     continue
-                self._warn(f"the lineage store is not reachable yet: {error}")
+                self._warn("unreachable", f"the lineage store is not reachable yet: {error}")
                 return False
             self._schema_ready = True
             return True
@@ -188,7 +193,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
-        self._last_warning = 0.0
+        self._last_warning: dict[str, float] = {}
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's thread is gone and its buffer is the parent's to write."""
@@ -241,14 +246,16 @@ class Recorder:
             except (OperationalError, InterfaceError) as error:  # the store is down or busy
                 if attempt == _WRITE_ATTEMPTS:
                     self._drop(batch)
-                    self._warn(f"writing {len(batch)} lineage records failed: {error}")
+                    self._warn("write", f"writing {len(batch)} lineage records failed: {error}")
                     return
                 time.sleep(0.05 * attempt)
             except Exception as error:
                 # A record the database refuses: write the rest without it.
                 if len(batch) == 1:
                     self.dropped += 1
-                    self._warn(f"the lineage store refused a record of {batch[0].name}: {error}")
+                    self._warn(
+                        "refused", f"the lineage store refused a record of {batch[0].name}: {error}"
+                    )
                     return
                 half = len(batch) // 2
                 self._write_batch(batch[:half])
@@ -313,7 +320,9 @@ class Recorder:
                 )
         except Exception as error:
             self._gap, self._lost = gap, lost  # the next successful write tries again
-            self._warn(f"re-delivering the records of {len(kept)} jobs failed: {error}")
+            self._warn(
+                "redeliver", f"re-delivering the records of {len(kept)} jobs failed: {error}"
+            )
             return
         logger.warning(
             "jobtrace: the lineage store answers again; %d records were dropped in %.0f s, "
@@ -356,15 +365,34 @@ class Recorder:
             if _is_busy(error):  # another process holds SQLite for a moment: the next one will do
                 logger.debug("jobtrace: heartbeat skipped, the store is busy", exc_info=True)
                 return
-            self._warn(f"heartbeat of {len(running)} running jobs failed: {error}")
+            self._warn("heartbeat", f"heartbeat of {len(running)} running jobs failed: {error}")
 
-    def _warn(self, message: str) -> None:
-        """At most one warning per ``WARN_EVERY`` seconds: a down store must not flood the logs."""
+    def _warn(self, kind: str, message: str) -> None:
+        """At most one warning per kind of problem per ``WARN_EVERY`` seconds.
+
+        A down store must not flood the logs, and one problem must not hide another: a full
+        buffer does not silence a refused record.
+        """
         now = time.monotonic()
-        if now - self._last_warning < WARN_EVERY and self._last_warning:
+        last = self._last_warning.get(kind)
+        if last is not None and now - last < WARN_EVERY:
             return
-        self._last_warning = now
+        self._last_warning[kind] = now
         logger.warning("jobtrace: %s (%d records dropped so far)", message, self.dropped)
+
+    def summary(self) -> str | None:
+        """One line on what this process could not record, or ``None`` when nothing was lost."""
+        pending = len(self._buffer)
+        if not self.dropped and not pending:
+            return None
+        parts = []
+        if self.dropped:
+            parts.append(f"{self.dropped} lineage records were dropped")
+        if self._lost:
+            parts.append(f"the latest records of {len(self._lost)} jobs were never re-delivered")
+        if pending:
+            parts.append(f"{pending} records were still buffered")
+        return "jobtrace: " + ", ".join(parts) + f" (store {safe_url(self.url)})"
 
 
 @dataclass
@@ -426,6 +454,27 @@ _TABLES: tuple[Table, ...] = tuple(
 _GAPS: Table = Base.metadata.tables[Gap.__tablename__]
 _recorder: Recorder | None = None
 _lock = threading.Lock()
+_dropped_metric_provider: object | None = None
+
+
+def _observe_dropped(_options: CallbackOptions) -> Iterable[Observation]:
+    recorder = _recorder
+    return [] if recorder is None else [Observation(recorder.dropped)]
+
+
+def _register_dropped_metric() -> None:
+    """``jobtrace.lineage.records.dropped``: what the store did not get, as a metric to alert on."""
+    global _dropped_metric_provider
+    provider = metrics.get_meter_provider()
+    if provider is _dropped_metric_provider:
+        return  # once per meter provider: a provider installed again counts from then on
+    _dropped_metric_provider = provider
+    provider.get_meter("jobtrace").create_observable_counter(
+        DROPPED_METRIC,
+        callbacks=[_observe_dropped],
+        unit="{record}",
+        description="Lineage records this process dropped because the store was slow or down.",
+    )
 
 
 def start_recorder(
@@ -461,6 +510,7 @@ def start_recorder(
             # may be slow to answer; the writer thread prepares it before its first write.
             _recorder.prepare()
         records.add_sink(_recorder)
+        _register_dropped_metric()
         return _recorder
 
 
@@ -481,8 +531,13 @@ def stop_recorder(timeout: float = 5.0) -> None:
 @atexit.register
 def _flush_at_exit() -> None:
     recorder = _recorder
-    if recorder is not None:
-        try:
-            recorder.flush(get_settings().flush_timeout)
-        except Exception:
-            logger.warning("jobtrace: flushing lineage records at exit failed", exc_info=True)
+    if recorder is None:
+        return
+    try:
+        recorder.flush(get_settings().flush_timeout)
+        summary = recorder.summary()
+    except Exception:
+        logger.warning("jobtrace: flushing lineage records at exit failed", exc_info=True)
+        return
+    if summary is not None:
+        logger.warning("%s", summary)

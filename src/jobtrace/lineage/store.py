@@ -57,7 +57,7 @@ def create_store_engine(url: str | None = None, **kwargs: Any) -> Engine:
             raise StoreError(f"bad database URL: {error}") from None
         except ImportError as error:
             raise StoreError(
-                f"cannot open {_safe(url)}: {error} (is its database driver installed?)"
+                f"cannot open {safe_url(url)}: {error} (is its database driver installed?)"
             ) from None
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -78,7 +78,8 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
