@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
+from typing import Any
 
 import jobtrace
 from jobtrace._internal.config import Settings, update_settings
@@ -15,6 +17,7 @@ from jobtrace._internal.redaction import (
     call_args,
     is_secret,
     redact_args,
+    safe_str,
 )
 from jobtrace.testing import CapturedTelemetry
 
@@ -139,3 +142,110 @@ def test_span_args_attributes_are_redacted(telemetry: CapturedTelemetry) -> None
     assert all("hunter2" not in text and "k-123" not in text for text in recorded)
     assert all(REDACTED in text for text in recorded)
     assert all(record.args is None or "hunter2" not in record.args for record in telemetry.records)
+
+
+# -- values that cannot be turned into text -------------------------------------------------------
+
+
+class _RaisingRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _NonStrRepr:
+    def __repr__(self) -> Any:
+        return 42
+
+
+class _EvilKey(str):
+    """A key whose ``__str__``, ``lower`` and slicing raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def lower(self) -> str:  # type: ignore[override]
+        raise RuntimeError("no lower")
+
+    def __getitem__(self, index: Any) -> str:  # type: ignore[override]
+        raise RuntimeError("no slicing")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no len")
+
+
+class _RaisingMapping(Mapping[str, int]):
+    def __getitem__(self, key: str) -> int:
+        raise RuntimeError("no lookup")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("no iteration")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no len")
+
+
+class _RaisingList(list[int]):
+    def __iter__(self) -> Iterator[int]:
+        raise RuntimeError("no iteration")
+
+
+class _BigInt(int):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_unprintable_parts_are_replaced_and_the_rest_kept() -> None:
+    """Each part that cannot become text is a marker; its siblings are recorded as usual."""
+    huge = 10**5000  # past Python's int -> str limit
+    recorded = _recorded(
+        {
+            "huge": huge,
+            "huge_key": {huge: 1},
+            "nested": [huge, -huge],
+            "subclass": _BigInt(10**5000),
+            "small": _BigInt(5),
+            "repr": _RaisingRepr(),
+            "not_str": _NonStrRepr(),
+            "mapping": _RaisingMapping(),
+            "list": _RaisingList([1]),
+            "page": 3,
+        }
+    )
+    bits = f"<int of {huge.bit_length()} bits>"
+    assert recorded == {
+        "huge": bits,
+        "huge_key": {bits: 1},
+        "nested": [bits, bits],
+        "subclass": bits,
+        "small": 5,
+        "repr": "<unrepresentable: _RaisingRepr>",
+        "not_str": "<unrepresentable: _NonStrRepr>",
+        "mapping": "<unrepresentable: _RaisingMapping>",
+        "list": "<unrepresentable: _RaisingList>",
+        "page": 3,
+    }
+
+
+def test_str_subclass_keys_and_values_are_recorded_as_plain_text() -> None:
+    """A ``str`` subclass is recorded by its characters, whatever its methods do."""
+    assert _recorded({_EvilKey("Password"): "p", "name": _EvilKey("ana")}) == {
+        "Password": REDACTED,
+        "name": "ana",
+    }
+
+
+def test_safe_str_never_raises() -> None:
+    """``safe_str`` is ``str`` cut short, or a marker when ``__str__`` raises or is not text."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    class Sneaky:
+        def __str__(self) -> str:
+            return _EvilKey("sneaky message")
+
+    assert safe_str(ValueError("bad value"), 3) == "bad"
+    assert safe_str(Unprintable(), 100) == "<unrepresentable: Unprintable>"
+    assert safe_str(Sneaky(), 6) == "sneaky"
+    assert type(safe_str(Sneaky(), 6)) is str

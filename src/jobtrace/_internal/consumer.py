@@ -23,7 +23,7 @@ from jobtrace._internal import current, semconv
 from jobtrace._internal.config import Relationship, get_settings
 from jobtrace._internal.metadata import Incoming, read_metadata, retry_metadata
 from jobtrace._internal.producer import new_job_id
-from jobtrace._internal.redaction import args_text, call_args
+from jobtrace._internal.redaction import args_text, call_args, safe_str
 from jobtrace._internal.telemetry import flush, in_forked_child, instruments, tracer
 from jobtrace.records import JobState
 
@@ -230,10 +230,16 @@ class JobRun:
         message = None
         if error is not None:
             error_type = semconv.error_type(error)
-            message = str(error)[:_MAX_ERROR_MESSAGE]
+            message = safe_str(error, _MAX_ERROR_MESSAGE)  # a raising __str__ costs the text only
             attributes[semconv.ERROR_TYPE] = error_type
             if self.adopted_span is None:
-                span.record_exception(error, escaped=True)
+                try:
+                    span.record_exception(error, escaped=True)
+                except Exception:  # the SDK calls str(error) itself
+                    span.add_event(
+                        "exception",
+                        {"exception.type": error_type, "exception.message": message},
+                    )
             if outcome is JobState.RETRYING:
                 attributes[semconv.JOB_WILL_RETRY] = True
                 span.add_event(semconv.EVENT_RETRY, {"jobtrace.job.attempt": info.attempt})

@@ -1,4 +1,10 @@
-"""Turning job arguments into a short, redacted JSON string fit for a span and a database row."""
+"""Turning job arguments into a short, redacted JSON string fit for a span and a database row.
+
+Arguments are whatever the caller passed: an int too long to print, an object whose ``__repr__``
+raises, a mapping whose iteration raises, ``str`` subclasses overriding every method. None of it
+may cost the job its span or its row, so each part that cannot be turned into text is replaced by
+a marker (:func:`unrepresentable`) and the rest is recorded as usual.
+"""
 
 from __future__ import annotations
 
@@ -13,35 +19,80 @@ TRUNCATED = "…[truncated]"
 _MAX_NESTING = 8
 _MAX_ITEMS = 100
 _MAX_STRING = 1000
+_MAX_REPR = 200
+# Python refuses to print an int of more than ``sys.get_int_max_str_digits()`` digits (4300 by
+# default, 640 at the least); ints this small print under any setting.
+_INT_LIMIT = 1 << 2048
+
+_SCALARS = (bool, float, type(None))
 
 
-_SCALARS = (bool, int, float, type(None))
-# One encoder for every call: ``json.dumps`` with options builds a new one each time.
-_encoder = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":"))
+def unrepresentable(value: object) -> str:
+    """The marker recorded in place of a value that cannot be turned into text."""
+    return f"<unrepresentable: {type(value).__name__}>"
+
+
+def safe_str(value: object, limit: int) -> str:
+    """``str(value)`` cut to ``limit`` characters; a marker when ``__str__`` raises.
+
+    An exception's message is such a value: one whose ``__str__`` raises must still leave its
+    job a ``finished`` record.
+    """
+    try:
+        text = str(value)
+        return str.__str__(text)[:limit]  # a str subclass from __str__ could override slicing
+    except Exception:
+        return unrepresentable(value)
+
+
+def _text(value: str) -> str:
+    if type(value) is not str:
+        value = str.__str__(value)  # a plain copy: no overridden method runs from here on
+    return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + TRUNCATED
+
+
+def _big_int(value: int) -> str:
+    return f"<int of {value.bit_length()} bits>"
 
 
 def _clean(value: Any, redact_keys: frozenset[str], level: int) -> Any:
     kind = type(value)
     if kind is str:
         return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + TRUNCATED
+    if kind is int:
+        return value if -_INT_LIMIT < value < _INT_LIMIT else _big_int(value)
     if kind in _SCALARS:
         return value
-    if isinstance(value, _SCALARS):
-        return value
+    try:
+        return _clean_other(value, redact_keys, level)
+    except Exception:
+        return unrepresentable(value)
+
+
+def _clean_other(value: Any, redact_keys: frozenset[str], level: int) -> Any:
+    """Everything but the plain scalars: subclasses, containers, arbitrary objects."""
     if isinstance(value, str):
-        return value if len(value) <= _MAX_STRING else value[:_MAX_STRING] + TRUNCATED
+        return _text(value)
+    if isinstance(value, int):
+        number = int.__int__(value)  # the plain int, whatever the subclass overrides
+        return number if -_INT_LIMIT < number < _INT_LIMIT else _big_int(number)
+    if isinstance(value, float):
+        return float.__float__(value)
     if level >= _MAX_NESTING:
         return "…"
-    if kind is dict or isinstance(value, Mapping):  # skip the slow ABC check for plain dicts
+    if type(value) is dict or isinstance(value, Mapping):  # skip the ABC check for plain dicts
         out: dict[str, Any] = {}
         for index, (key, item) in enumerate(value.items()):
             if index >= _MAX_ITEMS:
                 out["…"] = f"{len(value) - _MAX_ITEMS} more"
                 break
-            name = key if type(key) is str else str(key)
+            name = key if type(key) is str else _key_text(key)
+            item_kind = type(item)
             if is_secret(name, redact_keys):
                 out[name] = REDACTED
-            elif type(item) in _SCALARS:  # the usual argument: no call needed
+            elif item_kind is int:  # the usual arguments, without a call
+                out[name] = item if -_INT_LIMIT < item < _INT_LIMIT else _big_int(item)
+            elif item_kind in _SCALARS:
                 out[name] = item
             else:
                 out[name] = _clean(item, redact_keys, level + 1)
@@ -54,7 +105,16 @@ def _clean(value: Any, redact_keys: frozenset[str], level: int) -> Any:
         return cleaned
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
-    return repr(value)[:200]
+    return str.__str__(repr(value))[:_MAX_REPR]
+
+
+def _key_text(key: object) -> str:
+    """A mapping key as JSON names it: a string as itself, anything else as its ``str``."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if type(key) is int and not -_INT_LIMIT < key < _INT_LIMIT:
+        return _big_int(key)
+    return safe_str(key, _MAX_REPR)
 
 
 _secret_cache: dict[frozenset[str], dict[str, bool]] = {}
@@ -80,14 +140,21 @@ def is_secret(key: str, redact_keys: frozenset[str]) -> bool:
     return found
 
 
+# One encoder for every call: ``json.dumps`` with options builds a new one each time. ``_clean``
+# leaves only JSON's own types, so ``default`` is a last resort that never raises.
+_encoder = json.JSONEncoder(ensure_ascii=False, default=unrepresentable, separators=(",", ":"))
+
+
 def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> str:
     """JSON of ``args`` with secrets replaced and the whole cut to ``max_length`` characters.
 
     Strings are never scanned for secrets, only keys are: a secret passed positionally is the
-    caller's to leave out.
+    caller's to leave out. Parts that cannot be turned into text are replaced by a marker.
     """
-    cleaned = _clean(args, redact_keys, 0)
-    text = _encoder.encode(cleaned)
+    try:
+        text = _encoder.encode(_clean(args, redact_keys, 0))
+    except Exception:  # nothing known gets here; the job's record matters more than its args
+        text = _encoder.encode(unrepresentable(args))
     if len(text) > max_length:
         keep = max(0, max_length - len(TRUNCATED))
         text = text[:keep] + TRUNCATED
