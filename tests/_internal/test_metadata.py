@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +16,14 @@ from jobtrace._internal import metadata as md
 from jobtrace.testing import CapturedTelemetry
 
 VALID_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings() -> Iterator[None]:
+    """Each test sees its own warnings, not the rate limiter's memory of earlier tests."""
+    md._limiter.reset()
+    yield
+    md._limiter.reset()
 
 
 def _jobtrace_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -98,10 +108,13 @@ HOSTILE: dict[str, Any] = {
     "job id is an int": {md.KEY_JOB_ID: 7},
     "depth is not a number": {md.KEY_DEPTH: "deep"},
     "negative depth": {md.KEY_DEPTH: "-1"},
-    "enqueued-at in the future": {md.KEY_ENQUEUED_AT: "1e20"},
+    "enqueued-at in the future": {md.KEY_ENQUEUED_AT: "100000000000"},
+    "enqueued-at with an exponent": {md.KEY_ENQUEUED_AT: "1e9"},
+    "depth is a bool": {md.KEY_VERSION: "1", md.KEY_DEPTH: True},
+    "depth of 5001 digits": {md.KEY_VERSION: "1", md.KEY_DEPTH: 10**5000},
+    "depth is infinite": {md.KEY_VERSION: "1", md.KEY_DEPTH: float("inf")},
     "unknown relationship": {md.KEY_RELATIONSHIP: "sibling"},
     "previous span malformed": {md.KEY_PREVIOUS_SPAN: "nope"},
-    "future contract version": {md.KEY_VERSION: "2", md.KEY_PARENT_JOB_ID: "p-1"},
     "metadata is a list": [("traceparent", VALID_TRACEPARENT)],
     "metadata is a string": VALID_TRACEPARENT,
     "metadata is an int": 12,
@@ -169,7 +182,13 @@ def test_baggage_without_trace_context_is_not_a_problem(caplog: pytest.LogCaptur
 
 def test_unknown_keys_are_ignored_quietly(caplog: pytest.LogCaptureFixture) -> None:
     """Keys that are not ours or the propagator's may hold anything, without a warning."""
-    metadata = {"other": 12, "blob": "x" * 100_000, 3: "int key", md.KEY_JOB_ID: "j"}
+    metadata = {
+        "other": 12,
+        "blob": "x" * 100_000,
+        3: "int key",
+        md.KEY_VERSION: "1",
+        md.KEY_JOB_ID: "j",
+    }
     with caplog.at_level(logging.WARNING, logger="jobtrace"):
         incoming = md.read_metadata(metadata, job_description="job")
     assert incoming.job_id == "j"
@@ -184,3 +203,265 @@ def test_minor_contract_versions_are_accepted(caplog: pytest.LogCaptureFixture) 
         )
     assert incoming.parent_job_id == "p"
     assert not _jobtrace_warnings(caplog)
+
+
+# -- numbers, as JavaScript producers write them ----------------------------------------------------
+
+
+def _read_quietly(metadata: dict[str, Any], caplog: pytest.LogCaptureFixture) -> md.Incoming:
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        incoming = md.read_metadata(metadata, job_description="job Numbers n-1")
+    assert not _jobtrace_warnings(caplog), [r.getMessage() for r in caplog.records]
+    return incoming
+
+
+def test_numeric_keys_accept_json_numbers(caplog: pytest.LogCaptureFixture) -> None:
+    """Version, depth, attempt and enqueued-at written as JSON numbers are read like their text."""
+    incoming = _read_quietly(
+        {
+            md.KEY_VERSION: 1,
+            md.KEY_JOB_ID: "c-1",
+            md.KEY_PARENT_JOB_ID: "p-1",
+            md.KEY_ROOT_JOB_ID: "r-1",
+            md.KEY_DEPTH: 2,
+            md.KEY_ATTEMPT: 3.0,
+            md.KEY_ENQUEUED_AT: 1_732_345_678.25,
+            md.KEY_RELATIONSHIP: "child",
+        },
+        caplog,
+    )
+    assert (incoming.depth, incoming.attempt) == (2, 3)
+    assert incoming.enqueued_at == pytest.approx(1_732_345_678.25)
+    assert _read_quietly({md.KEY_VERSION: 1.0, md.KEY_DEPTH: 2.0}, caplog).depth == 2
+
+
+def test_numeric_depth_files_the_job_at_its_level(telemetry: CapturedTelemetry) -> None:
+    """``"jobtrace-depth": 2`` (a number) puts the job at depth 2, not at 1 under its parent."""
+    metadata = {
+        md.KEY_VERSION: "1",
+        md.KEY_JOB_ID: "c-2",
+        md.KEY_PARENT_JOB_ID: "p-2",
+        md.KEY_ROOT_JOB_ID: "r-2",
+        md.KEY_DEPTH: 2,
+    }
+    with jobtrace.trace_job(metadata, name="Grandchild"):
+        info = jobtrace.current_job()
+    assert info is not None
+    assert info.depth == 2
+    (started,) = [r for r in telemetry.records if r.kind == "started"]
+    assert started.depth == 2
+
+
+def test_integral_decimal_strings_are_integers(caplog: pytest.LogCaptureFixture) -> None:
+    """``"2.0"`` is depth 2 (what a producer with floats writes); leading zeros are harmless."""
+    assert _read_quietly({md.KEY_VERSION: "1", md.KEY_DEPTH: "2.0"}, caplog).depth == 2
+    assert _read_quietly({md.KEY_VERSION: "1", md.KEY_ATTEMPT: "007"}, caplog).attempt == 7
+
+
+@pytest.mark.parametrize(
+    "value",
+    [" 2", "2 ", "+2", "1_0", "1e1", "1.5", "٢", "²", "0x2", "2.", True, False, [2], "9" * 40],
+)
+def test_integers_follow_one_grammar(value: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Only ASCII decimal digits (an all-zero fraction allowed) are an integer; bools are not."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        incoming = md.read_metadata(
+            {md.KEY_VERSION: "1", md.KEY_DEPTH: value}, job_description="job Grammar g-1"
+        )
+    assert incoming.depth is None
+    (warning,) = _jobtrace_warnings(caplog)
+    assert md.KEY_DEPTH in warning.getMessage()
+
+
+# -- the contract version ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2", 2, 2.0, "2.1", "3"])
+def test_newer_major_version_is_read_with_one_warning_per_process(
+    version: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer major version's keys are read by version 1's rules, and said once per process."""
+    metadata = {
+        md.KEY_VERSION: version,
+        md.KEY_JOB_ID: "c-3",
+        md.KEY_PARENT_JOB_ID: "p-3",
+        md.KEY_ROOT_JOB_ID: "r-3",
+        md.KEY_DEPTH: "2",
+    }
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        for _ in range(3):
+            incoming = md.read_metadata(metadata, job_description="job Future")
+    assert (incoming.job_id, incoming.parent_job_id, incoming.root_job_id) == ("c-3", "p-3", "r-3")
+    assert incoming.depth == 2
+    (warning,) = _jobtrace_warnings(caplog)
+    message = warning.getMessage()
+    assert f"version {str(version).split('.')[0]}" in message
+    assert "c-3" in message
+
+
+def test_missing_version_is_read_as_1_with_a_warning_naming_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Lineage keys without ``jobtrace-version`` are read as version 1, with one warning."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        incoming = md.read_metadata(
+            {md.KEY_JOB_ID: "c-4", md.KEY_PARENT_JOB_ID: "p-4", md.KEY_DEPTH: "1"},
+            job_description="job Unversioned",
+        )
+    assert (incoming.parent_job_id, incoming.depth) == ("p-4", 1)
+    (warning,) = _jobtrace_warnings(caplog)
+    assert md.KEY_VERSION in warning.getMessage()
+    assert "c-4" in warning.getMessage()
+
+
+def test_missing_version_without_lineage_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """Only trace context, or only the retry keys, need no version: no warning."""
+    for metadata in (
+        {"traceparent": VALID_TRACEPARENT},
+        md.retry_metadata(SpanContext(1, 2, is_remote=False), 2),
+    ):
+        _read_quietly(metadata, caplog)
+
+
+@pytest.mark.parametrize("version", ["v1", "", "0", "1.x", True, "1" * 40])
+def test_malformed_version_is_read_as_1_with_a_warning(
+    version: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version that does not parse costs a warning; the keys are still read as version 1."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        incoming = md.read_metadata(
+            {md.KEY_VERSION: version, md.KEY_PARENT_JOB_ID: "p-5"}, job_description="job Odd o-1"
+        )
+    assert incoming.parent_job_id == "p-5"
+    (warning,) = _jobtrace_warnings(caplog)
+    assert md.KEY_VERSION in warning.getMessage()
+
+
+# -- job ids ----------------------------------------------------------------------------------------
+
+
+def test_warning_names_the_job_id_from_the_metadata(
+    telemetry: CapturedTelemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose queue gives no id is named in the warning by the id its metadata carries."""
+    metadata = {md.KEY_VERSION: "1", md.KEY_JOB_ID: "c-6", md.KEY_DEPTH: "deep"}
+    with (
+        caplog.at_level(logging.WARNING, logger="jobtrace"),
+        jobtrace.trace_job(metadata, name="Named"),
+    ):
+        pass
+    (warning,) = _jobtrace_warnings(caplog)
+    assert "Named" in warning.getMessage()
+    assert "c-6" in warning.getMessage()
+
+
+def _long_id_repair(value: str) -> str:
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    return f"{value[:190]}~{digest}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "read_as"),
+    [
+        ("order-42\n", "order-42\\x0a"),
+        ("a\x00b", "a\\x00b"),
+        ("esc\x1b[31m", "esc\\x1b[31m"),
+        ("c1\x85", "c1\\x85"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("lone\ud800", "lone\\ud800"),
+        ("\udfffx", "\\udfffx"),
+        ("x" * 300, _long_id_repair("x" * 300)),
+        ("\n" * 100, _long_id_repair("\\x0a" * 100)),
+    ],
+)
+def test_invalid_ids_are_repaired_the_same_way_everywhere(
+    raw: str, read_as: str, telemetry: CapturedTelemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reader and the producer repair an invalid id alike, so the run and its row agree."""
+    assert md.repair_job_id(raw) == read_as
+    assert md.is_valid_job_id(read_as)
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        incoming = md.read_metadata(
+            {md.KEY_VERSION: "1", md.KEY_PARENT_JOB_ID: raw, md.KEY_ROOT_JOB_ID: raw},
+            job_description="job Repaired",
+        )
+    assert (incoming.parent_job_id, incoming.root_job_id) == (read_as, read_as)
+    assert len(_jobtrace_warnings(caplog)) == 1
+    meta = jobtrace.prepare_enqueue("Repaired", job_id=raw)
+    assert meta[md.KEY_JOB_ID] == read_as
+    with jobtrace.trace_job(meta, name="Repaired"):
+        pass
+    assert {(r.kind, r.job_id) for r in telemetry.records} == {
+        ("enqueued", read_as),
+        ("started", read_as),
+        ("finished", read_as),
+    }
+
+
+@pytest.mark.parametrize("job_id", ["a\u00a0b", "👨\u200d👩\u200d👧", "\ue000private", "日本-1"])
+def test_ids_python_calls_unprintable_are_valid(
+    job_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spaces, joiners and private-use characters are allowed: only the fixed forbidden set is not."""
+    incoming = _read_quietly({md.KEY_VERSION: "1", md.KEY_JOB_ID: job_id}, caplog)
+    assert incoming.job_id == job_id
+    assert jobtrace.prepare_enqueue("Fine", job_id=job_id)[md.KEY_JOB_ID] == job_id
+
+
+def test_a_caller_id_that_is_no_string_is_replaced_with_a_warning(
+    telemetry: CapturedTelemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``job_id=42`` gets a new string id, with a warning; the metadata names the recorded id."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        meta = jobtrace.prepare_enqueue("Numbered", job_id=42)  # type: ignore[arg-type]
+    sent = meta[md.KEY_JOB_ID]
+    assert type(sent) is str
+    assert md.is_valid_job_id(sent)
+    (record,) = telemetry.records
+    assert record.job_id == sent
+    (warning,) = _jobtrace_warnings(caplog)
+    assert sent in warning.getMessage()
+    assert "Numbered" in warning.getMessage()
+
+
+def test_empty_caller_id_gets_a_new_one_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """``job_id=""`` is no id: a new one is made without a warning."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        meta = jobtrace.prepare_enqueue("Blank", job_id="")
+    assert md.is_valid_job_id(meta[md.KEY_JOB_ID])
+    assert not _jobtrace_warnings(caplog)
+
+
+def test_warnings_escape_what_they_quote(caplog: pytest.LogCaptureFixture) -> None:
+    """A warning never carries a control character from the metadata or the job's description."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        md.read_metadata(
+            {md.KEY_VERSION: "1", md.KEY_JOB_ID: "x\r\nFAKE LOG LINE", md.KEY_DEPTH: "\x1b"},
+            job_description="job Spoof s-\n1",
+        )
+    (warning,) = _jobtrace_warnings(caplog)
+    assert not any(ch in warning.getMessage() for ch in "\r\n\x1b")
+
+
+# -- rate limiting ----------------------------------------------------------------------------------
+
+
+def test_a_flood_of_bad_jobs_is_rate_limited(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A burst of one kind of warning is logged, the rest counted and said in the next window."""
+    now = [1000.0]
+    monkeypatch.setattr(md._limiter, "clock", lambda: now[0])
+    bad = {md.KEY_VERSION: "1", md.KEY_DEPTH: "deep"}
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        for index in range(500):
+            md.read_metadata(bad, job_description=f"job Flood f-{index}")
+        other = {md.KEY_VERSION: "1", md.KEY_ATTEMPT: "zero"}
+        md.read_metadata(other, job_description="job Other o-1")  # another kind: not suppressed
+        assert len(_jobtrace_warnings(caplog)) == md._limiter.burst + 1
+        now[0] += md._limiter.window
+        md.read_metadata(bad, job_description="job Flood f-500")
+    warnings = _jobtrace_warnings(caplog)
+    assert len(warnings) == md._limiter.burst + 2
+    assert "f-500" in warnings[-1].getMessage()
+    assert f"{500 - md._limiter.burst} more like it" in warnings[-1].getMessage()

@@ -16,7 +16,7 @@ from jobtrace import records
 from jobtrace._internal import semconv
 from jobtrace._internal.config import Relationship, Settings, get_settings
 from jobtrace._internal.current import active_job
-from jobtrace._internal.metadata import write_lineage
+from jobtrace._internal.metadata import producer_job_id, write_lineage
 from jobtrace._internal.redaction import args_text
 from jobtrace._internal.telemetry import tracer
 
@@ -59,7 +59,8 @@ class Enqueue:
     ) -> None:
         self.name = name
         self.queue = queue
-        self.job_id = job_id or new_job_id()
+        # The reader's rule for ids, so the queued row, the metadata and the run agree.
+        self.job_id = producer_job_id(job_id, job_name=name, new_id=new_job_id)
         self.args = args
         self.requested_relationship = relationship
         self.delay = delay

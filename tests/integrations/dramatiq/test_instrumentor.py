@@ -172,7 +172,7 @@ def test_malformed_metadata_costs_a_warning_not_the_job(
     """Garbage under the options key from a foreign producer: the job runs, as a root."""
     broker = StubBroker()
     ok, _, _ = declare(broker)
-    ok.send_with_options(jobtrace={"traceparent": "00-nonsense", "jobtrace-depth": 7})
+    ok.send_with_options(jobtrace={"traceparent": "00-nonsense", "jobtrace-depth": [7]})
     ok.send_with_options(jobtrace="not a mapping")
     instrument_dramatiq(broker, record=False)
     with caplog.at_level(logging.WARNING, logger="jobtrace"):
