@@ -148,12 +148,3 @@ async def arq_setup(
     """An instrumented producer and a fresh queue on Redis database 3."""
     async for setup in _setup(redis_conn, tmp_path, database_url, instrument=True):
         yield setup
-
-
-@pytest.fixture
-async def plain_arq_setup(
-    redis_conn: Redis, tmp_path: Path, database_url: str
-) -> AsyncIterator[ArqSetup]:
-    """A producer without jobtrace and a fresh queue on Redis database 3."""
-    async for setup in _setup(redis_conn, tmp_path, database_url, instrument=False):
-        yield setup

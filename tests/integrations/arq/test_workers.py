@@ -3,77 +3,21 @@
 from __future__ import annotations
 
 import itertools
-import os
 import pickle
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import JobStatus
-from sqlalchemy import create_engine
 
 from jobtrace.integrations.arq import JOB_KEY
-from jobtrace.lineage.queries import LineageStore
 from tests.integrations.arq.conftest import ArqSetup
 from tests.integrations.harness import wait_for
-
-PIPELINE = {
-    (0, "SyncJob"): 1,
-    (1, "MoviePageJob"): 3,
-    (2, "MovieDetailJob"): 3,
-    (2, "ShowtimeProcessJob"): 3,
-}
 
 
 def _by_job_id(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {span["attributes"]["jobtrace.job.id"]: span for span in spans}
-
-
-async def test_pipeline_is_one_trace_and_one_lineage_tree(arq_setup: ArqSetup) -> None:
-    """SyncJob → 3 pages → 2 jobs each: one trace, send/process parents right, stages counted."""
-    arq_setup.start_worker()
-    root = await arq_setup.pool.enqueue_job("SyncJob", "cinema", 3)
-    assert root is not None
-    assert await root.result(timeout=15) == 3
-
-    processes = _by_job_id(arq_setup.wait_for_process_spans(10))
-    sends = _by_job_id(arq_setup.send_spans())
-    assert len(processes) == len(sends) == 10
-    assert {span["trace_id"] for span in [*processes.values(), *sends.values()]} == {
-        processes[root.job_id]["trace_id"]
-    }
-    for job_id, process in processes.items():
-        attributes = process["attributes"]
-        assert attributes["messaging.system"] == "arq"
-        assert attributes["messaging.destination.name"] == arq_setup.queue
-        assert attributes["jobtrace.job.root_id"] == root.job_id
-        send = sends[job_id]
-        assert process["parent_span_id"] == send["span_id"]
-        parent_job_id = attributes.get("jobtrace.job.parent_id")
-        if parent_job_id is None:
-            assert job_id == root.job_id
-            assert send["parent_span_id"] is None  # enqueued by the test, outside any span
-            assert send["pid"] == os.getpid() != process["pid"]
-        else:
-            assert send["parent_span_id"] == processes[parent_job_id]["span_id"]
-            assert send["pid"] == processes[parent_job_id]["pid"]  # sent from inside the parent
-    for send in arq_setup.send_spans("ShowtimeProcessJob"):
-        assert send["attributes"]["jobtrace.job.delay_s"] == pytest.approx(0.1)
-    assert processes[root.job_id]["attributes"]["jobtrace.items.total"] == 3
-
-    stored = arq_setup.wait_for_jobs(10)
-    assert Counter((job.depth, job.name) for job in stored.values()) == PIPELINE
-    assert {job.state for job in stored.values()} == {"succeeded"}
-    for job_id, job in stored.items():
-        assert job.parent_job_id == processes[job_id]["attributes"].get("jobtrace.job.parent_id")
-        assert (job.root_job_id, job.system, job.queue) == (root.job_id, "arq", arq_setup.queue)
-        assert job.span_id == processes[job_id]["span_id"]
-    with LineageStore(create_engine(arq_setup.database_url)) as store:
-        by_stage = store.stage_stats(root.job_id).by_stage()
-        assert by_stage == {stage: {"succeeded": n} for stage, n in PIPELINE.items()}
-        assert store.count_tree(root.job_id) == 10
 
 
 async def test_failing_job_span_has_the_error(arq_setup: ArqSetup) -> None:
@@ -233,23 +177,3 @@ async def test_killed_worker_is_reaped_as_crashed(arq_setup: ArqSetup) -> None:
     assert rerun["attributes"]["jobtrace.job.attempt"] == 2
     assert [link["span_id"] for link in rerun["links"]] == [crashed_span]
     assert [a.state for a in arq_setup.attempts(hanging.job_id)] == ["crashed", "succeeded"]
-
-
-async def test_producer_without_jobtrace_makes_a_root(plain_arq_setup: ArqSetup) -> None:
-    """A job enqueued without jobtrace runs as the root of its own trace and lineage tree."""
-    plain_arq_setup.start_worker()
-    job = await plain_arq_setup.pool.enqueue_job("MoviePageJob", "plain", 7)
-    assert job is not None
-    await job.result(timeout=10)
-
-    processes = _by_job_id(plain_arq_setup.wait_for_process_spans(3))
-    root = processes[job.job_id]
-    assert root["parent_span_id"] is None
-    assert root["attributes"]["jobtrace.job.depth"] == 0
-    assert "jobtrace.job.parent_id" not in root["attributes"]
-    assert {span["trace_id"] for span in processes.values()} == {root["trace_id"]}
-    stored = plain_arq_setup.wait_for_jobs(3)
-    assert stored[job.job_id].root_job_id == job.job_id
-    assert stored[job.job_id].parent_job_id is None
-    assert Counter(s.depth for s in stored.values()) == {0: 1, 1: 2}
-    assert {s.root_job_id for s in stored.values()} == {job.job_id}

@@ -65,15 +65,15 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
 
     def start_worker(
-        self, *args: str, pool: str = "prefork", concurrency: int = 2, **env: str
+        self, *args: str, app: str = APP, pool: str = "prefork", concurrency: int = 2, **env: str
     ) -> Worker:
-        """A ``celery worker`` on this cluster's queue, once it is ready to consume."""
+        """A ``celery worker`` of ``app`` on this cluster's queue, once it is ready to consume."""
         log_path = self.directory / f"worker-{len(self.workers)}.log"
         worker = Worker.python(
             "-m",
             "celery",
             "-A",
-            APP,
+            app,
             "worker",
             f"--pool={pool}",
             f"--concurrency={concurrency}",

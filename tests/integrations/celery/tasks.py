@@ -21,9 +21,12 @@ BROKERS = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}
 
 
 def make_app(broker: str, queue: str) -> Celery:
-    """An app on ``broker`` (``redis`` or ``rabbitmq``) whose tasks all go to ``queue``."""
+    """An app on ``broker`` (``redis``, ``rabbitmq`` or a URL) whose tasks all go to ``queue``."""
     app = Celery(
-        f"jobtrace-test-{queue}", broker=BROKERS[broker], backend=REDIS_URL, set_as_current=False
+        f"jobtrace-test-{queue}",
+        broker=BROKERS.get(broker, broker),
+        backend=REDIS_URL,
+        set_as_current=False,
     )
     app.conf.update(
         task_default_queue=queue,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 from collections import Counter
 from typing import Any
 
@@ -14,7 +12,7 @@ from celery import Celery
 
 from tests.integrations.celery.conftest import Cluster, Span
 from tests.integrations.celery.tasks import BROKERS
-from tests.integrations.harness import ROOT, wait_for
+from tests.integrations.harness import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,34 +147,6 @@ def test_canvas_lineage_follows_the_enqueuer(redis_cluster: Cluster) -> None:
     assert total["jobtrace.job.parent_id"] in {a["jobtrace.job.id"] for a in quick}
     assert total["jobtrace.job.depth"] == 2
     assert len({s["trace_id"] for s in processes}) == 1
-
-
-def test_producer_without_jobtrace_makes_a_root_job(redis_cluster: Cluster) -> None:
-    """A task sent by a process without jobtrace runs as the root of its own trace and tree."""
-    cluster = redis_cluster
-    code = (
-        "import sys; from tests.integrations.celery.tasks import make_app; "
-        "app = make_app('redis', sys.argv[1]); "
-        "print(app.send_task('QuickJob', args=[7], headers={'x-tenant': 'a'}).id)"
-    )
-    sent = subprocess.run(
-        [sys.executable, "-c", code, cluster.queue],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    job_id = sent.stdout.strip()
-    (span,) = cluster.wait_for_job_spans(job_id)
-
-    assert [s for s in cluster.spans() if s["attributes"].get("jobtrace.job.id") == job_id] == [
-        span
-    ]
-    assert span["parent_span_id"] is None
-    assert span["attributes"]["jobtrace.job.root_id"] == job_id
-    assert span["attributes"]["jobtrace.job.depth"] == 0
-    assert span["attributes"]["jobtrace.job.outcome"] == "succeeded"
 
 
 def test_send_task_by_a_name_the_producer_does_not_know(redis_cluster: Cluster) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 from rq import Retry
 from rq.command import send_stop_job_command
 
-from jobtrace.lineage.queries import LineageStore
 from tests.integrations.harness import wait_for
 from tests.integrations.rq import jobs
 from tests.integrations.rq.conftest import RQSetup
@@ -19,56 +18,6 @@ from tests.integrations.rq.conftest import RQSetup
 
 def _by_job(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {span["attributes"]["jobtrace.job.id"]: span for span in spans}
-
-
-def _short(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
-
-
-def test_pipeline_is_one_trace_and_one_lineage_tree(rq_setup: RQSetup) -> None:
-    """1 → 3 → 2 on a forking worker: one trace, each process span under its send span, one tree."""
-    root = rq_setup.queue.enqueue(jobs.sync_cinema, 3, 2)
-    rq_setup.run_burst()
-
-    runs = _by_job(rq_setup.process_spans())
-    sends = _by_job(rq_setup.send_spans())
-    assert len(runs) == 10, rq_setup.logs()
-    assert sends.keys() == runs.keys()
-    assert {span["trace_id"] for span in [*runs.values(), *sends.values()]} == {
-        sends[root.id]["trace_id"]
-    }
-    assert sends[root.id]["parent_span_id"] is None
-    for job_id, run in runs.items():
-        attributes = run["attributes"]
-        assert run["parent_span_id"] == sends[job_id]["span_id"]
-        assert attributes["messaging.system"] == "rq"
-        assert attributes["messaging.destination.name"] == rq_setup.queue.name
-        assert attributes["jobtrace.job.root_id"] == root.id
-        parent_id = attributes.get("jobtrace.job.parent_id")
-        if job_id != root.id:
-            # The send span of a child is opened inside its parent's process span.
-            assert sends[job_id]["parent_span_id"] == runs[parent_id]["span_id"]
-    assert len({run["pid"] for run in runs.values()}) == 10  # one work horse per job
-    assert runs[root.id]["attributes"]["jobtrace.items.processed"] == 3
-
-    stored = rq_setup.wait_for_jobs(10)
-    stages = Counter((job.depth, _short(job.name), job.state) for job in stored.values())
-    assert stages == {
-        (0, "sync_cinema", "succeeded"): 1,
-        (1, "movie_page", "succeeded"): 3,
-        (2, "movie_detail", "succeeded"): 6,
-    }
-    for job_id, job in stored.items():
-        assert job.root_job_id == root.id
-        assert job.parent_job_id == runs[job_id]["attributes"].get("jobtrace.job.parent_id")
-        assert job.trace_id == runs[job_id]["trace_id"]
-    with LineageStore(rq_setup.database_url) as store:
-        by_stage = store.stage_stats(root.id).by_stage()
-    assert {(depth, _short(name)): states for (depth, name), states in by_stage.items()} == {
-        (0, "sync_cinema"): {"succeeded": 1},
-        (1, "movie_page"): {"succeeded": 3},
-        (2, "movie_detail"): {"succeeded": 6},
-    }
 
 
 def test_simple_worker_traces_without_forking(rq_setup: RQSetup) -> None:
@@ -183,22 +132,3 @@ def test_stopped_job_is_cancelled(rq_setup: RQSetup) -> None:
 
     stored = rq_setup.wait_for_jobs(1)[job.id]
     assert (stored.state, stored.reason) == ("cancelled", "stopped")
-
-
-def test_producer_without_jobtrace_makes_a_root(plain_rq_setup: RQSetup) -> None:
-    """A job enqueued by a process without jobtrace runs as the root of its own trace and tree."""
-    job = plain_rq_setup.queue.enqueue(jobs.sync_cinema, 1, 1)
-    assert not any(key.startswith("jobtrace-") for key in job.meta)
-    plain_rq_setup.run_burst()
-
-    runs = _by_job(plain_rq_setup.process_spans())
-    assert len(runs) == 3, plain_rq_setup.logs()
-    assert plain_rq_setup.send_spans("sync_cinema") == []
-    root = runs[job.id]
-    assert root["parent_span_id"] is None
-    assert "jobtrace.job.parent_id" not in root["attributes"]
-    assert {run["trace_id"] for run in runs.values()} == {root["trace_id"]}
-    stored = plain_rq_setup.wait_for_jobs(3)
-    assert stored[job.id].root_job_id == job.id
-    assert stored[job.id].depth == 0
-    assert {s.root_job_id for s in stored.values()} == {job.id}
