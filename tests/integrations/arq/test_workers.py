@@ -142,7 +142,7 @@ async def test_killed_worker_is_reaped_as_crashed(arq_setup: ArqSetup) -> None:
     """SIGKILL mid-job: the reaper marks it crashed, other jobs finish, the re-run links back."""
     from jobtrace.lineage.reaper import reap
 
-    doomed = arq_setup.start_worker()
+    doomed = arq_setup.start_worker(JOBTRACE_HEARTBEAT_INTERVAL="0.3")
     hanging = await arq_setup.pool.enqueue_job("hanging_job")
     before = await arq_setup.pool.enqueue_job("quick_job", 1)
     assert hanging is not None
