@@ -428,3 +428,161 @@ def test_python_dash_m_jobtrace_runs_the_cli(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("path:")
+
+
+# Deep and cyclic lineage, and jobs never recorded.
+
+
+@pytest.fixture
+def chain_store(store_url: str) -> tuple[str, list[str]]:
+    """A stored run that is one line of 10,001 jobs, root first."""
+    engine = create_schema(store_url)
+    builder = TreeBuilder()
+    chain = builder.chain(10_001)
+    builder.insert(engine)
+    engine.dispose()
+    return store_url, chain
+
+
+def test_tree_and_why_of_a_10001_deep_chain_print_in_lines_of_bounded_width(
+    capsys: pytest.CaptureFixture[str], chain_store: tuple[str, list[str]]
+) -> None:
+    """tree lists every stage of a chain deeper than Python's recursion limit; why keeps its ends."""
+    url, chain = chain_store
+    code, out, _ = run_cli(capsys, "--database-url", url, "tree", chain[0])
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(chain)
+    assert max(len(line) for line in lines) < 300
+    assert lines[-1].lstrip().startswith(f"↳ depth {len(chain) - 1:,}  ChainJob  1 job")
+    code, out, _ = run_cli(capsys, "--database-url", url, "why", chain[-1])
+    assert code == 0
+    path = out.split("job:")[0].splitlines()
+    assert path[1].strip().startswith(f"ChainJob {chain[0]} ")
+    assert f"⋮ {len(chain) - 11:,} more" in out
+    assert path[-1].strip() == f"ChainJob {chain[-1]} succeeded  ← this job"
+    assert max(len(line) for line in out.splitlines()) < 300
+
+
+def test_ancestors_says_where_a_cycle_closes_and_where_the_limit_cut(
+    capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    """A parent cycle ends the path with "cycle at X"; --limit cuts it with "truncated at depth N"."""
+    engine = create_schema(store_url)
+    builder = TreeBuilder()
+    root = builder.job("SyncJob")
+    a = builder.job("AJob", root)
+    b = builder.job("BJob", a)
+    builder.reparent(a, b)
+    leaf = builder.job("LeafJob", b)
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(capsys, "--database-url", url := store_url, "ancestors", leaf)
+    assert code == 0
+    assert [line.split("\t")[1] for line in out.splitlines()[1:4]] == [a, b, leaf]
+    assert out.splitlines()[-1] == f"⚠ cycle at {b}: its parent links lead back to it"
+    code, out, _ = run_cli(capsys, "--database-url", url, "ancestors", leaf, "--json")
+    document = json.loads(out)
+    assert (document["cycle_at"], document["truncated_at"]) == (b, None)
+    assert [job["job_id"] for job in document["ancestors"]] == [a, b]
+    code, out, _ = run_cli(capsys, "--database-url", url, "ancestors", leaf, "--limit", "1")
+    assert [line.split("\t")[1] for line in out.splitlines()[1:3]] == [b, leaf]
+    assert f"⚠ truncated at depth {builder.jobs[b]['depth']}: more ancestors above" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "why", leaf, "--json")
+    assert json.loads(out)["cycle_at"] == b
+    code, out, _ = run_cli(capsys, "--database-url", url, "why", a)
+    assert f"⚠ cycle at {a}" in out
+
+
+@pytest.fixture
+def foreign_store(store_url: str) -> str:
+    """A run under a root and a parent jobtrace never saw (placeholders), beside a whole run."""
+    engine = create_schema(store_url)
+    builder = TreeBuilder()
+    builder.job("PageJob", builder.job("SyncJob", enqueued=100), enqueued=100)
+    builder.placeholder("ext-root", heard=400)
+    builder.placeholder("ext-parent", "ext-root", depth=1, heard=400, named_by="chunk-0")
+    for number, state in enumerate(["succeeded", "succeeded", "failed"]):
+        builder.job("ChunkJob", "ext-parent", state=state, enqueued=400, job_id=f"chunk-{number}")
+    builder.job(
+        "ChunkJob",
+        "ext-parent",
+        state="unknown",
+        enqueued=400,
+        job_id="chunk-lost",
+        finished_at=None,
+        reason="lost track: records dropped while the store was down",
+    )
+    builder.insert(engine)
+    engine.dispose()
+    return store_url
+
+
+def test_a_run_never_recorded_at_its_root_reads_like_any_other(
+    capsys: pytest.CaptureFixture[str], foreign_store: str
+) -> None:
+    """runs, stats, children, tree, why and export all answer and say what was never recorded."""
+    url = foreign_store
+    code, out, _ = run_cli(capsys, "--database-url", url, "runs")
+    rows = list(csv.reader(io.StringIO(out), delimiter="\t"))
+    assert rows[1][:2] == ["ext-root", "? (never recorded)"]
+    assert rows[1][3:5] == ["6", "failing"]
+    code, out, _ = run_cli(capsys, "--database-url", url, "stats", "chunk-0")
+    assert code == 0
+    assert "0\t?\tunknown\t1\t" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "children", "ext-parent")
+    assert code == 0
+    assert out.splitlines()[0].startswith("? ext-parent unknown (never recorded): 3/4 children")
+    assert "· 1 unknown" in out.splitlines()[0]
+    assert "unknown (lost track)" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "tree", "ext-root")
+    assert code == 0
+    assert out.startswith("? ext-root unknown (never recorded)  trace -")
+    assert stage_line(out, "? (never recorded)").startswith("└── ")
+    assert "│   └── ChunkJob  4 jobs" in out or "    └── ChunkJob  4 jobs" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "why", "chunk-0")
+    assert code == 0
+    assert out.splitlines()[1:4] == [
+        "  ? ext-root unknown (never recorded)",
+        "    ? ext-parent unknown (never recorded)",
+        "      ChunkJob chunk-0 succeeded  ← this job",
+    ]
+    code, out, _ = run_cli(capsys, "--database-url", url, "why", "ext-parent")
+    assert "job: never recorded: named as the parent of chunk-0; never recorded" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "why", "chunk-lost")
+    assert "job: unknown on queue default since" in out
+    assert "lost track: records dropped" in out
+    code, out, _ = run_cli(capsys, "--database-url", url, "export", "ext-root", "--nested")
+    assert code == 0
+    tree = json.loads(out)
+    assert tree["children"] == [], "no record says the parent's parent"
+    (parent,) = tree["unattached"]
+    assert (parent["job_id"], parent["state"], len(parent["children"])) == (
+        "ext-parent",
+        "unknown",
+        4,
+    )
+
+
+def test_jobs_only_named_by_others_answer_on_a_store_without_placeholders(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """stats and children work for a parent and root that exist only as ids in other rows."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    for number in range(2):
+        builder.job(
+            "ChunkJob",
+            job_id=f"orphan-{number}",
+            parent_job_id="ghost-parent",
+            root_job_id="ghost-root",
+            depth=2,
+        )
+    builder.insert(engine)
+    engine.dispose()
+    code, out, err = run_cli(capsys, "--database-url", sqlite_url, "stats", "orphan-0")
+    assert (code, err) == (0, "")
+    assert "2\tChunkJob\tsucceeded\t2\t" in out
+    code, out, err = run_cli(capsys, "--database-url", sqlite_url, "children", "ghost-parent")
+    assert (code, err) == (0, "")
+    assert out.startswith("? ghost-parent unknown (never recorded): 2/2 children done")

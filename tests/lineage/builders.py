@@ -100,6 +100,48 @@ class TreeBuilder:
         self.jobs[job_id] = row
         return job_id
 
+    def placeholder(
+        self,
+        job_id: str,
+        root: str | None = None,
+        *,
+        depth: int = 0,
+        parent: str | None = None,
+        heard: float = 0.0,
+        named_by: str = "a job",
+    ) -> str:
+        """Add the row the writer keeps for a job only named as a parent or root, and return its id.
+
+        Its shape is the writer's: state ``unknown``, attempt 0, name ``?``, ``root`` (itself when
+        ``None``), ``depth`` one above the job that named it, no enqueue time, and ``heard`` (seconds
+        after the start) as ``updated_at``, when it was first heard of.
+        """
+        relation = "root" if root is None else "parent"
+        self.jobs[job_id] = {
+            "job_id": job_id,
+            "name": "?",
+            "state": "unknown",
+            "attempt": 0,
+            "parent_job_id": parent,
+            "root_job_id": root or job_id,
+            "depth": depth,
+            "reason": f"named as the {relation} of {named_by}; never recorded",
+            "enqueued_at": None,
+            "updated_at": self.at(heard),
+        }
+        return job_id
+
+    def chain(self, length: int, name: str = "ChainJob") -> list[str]:
+        """A run that is one line of ``length`` jobs, each the parent of the next; root first."""
+        ids = [self.job(name, enqueued=0.0)]
+        for _ in range(length - 1):
+            ids.append(self.job(name, ids[-1], enqueued=0.0))
+        return ids
+
+    def reparent(self, job_id: str, parent: str) -> None:
+        """Point ``job_id`` at another parent, root and depth untouched, as bad metadata would."""
+        self.jobs[job_id]["parent_job_id"] = parent
+
     def attempt(self, job_id: str, attempt: int, state: str, **columns: Any) -> None:
         """Add one attempt of ``job_id`` to the audit trail."""
         self.attempts.append({"job_id": job_id, "attempt": attempt, "state": state, **columns})
@@ -123,10 +165,17 @@ class TreeBuilder:
         return [row for row in self.jobs.values() if row["root_job_id"] == root]
 
     def subtree(self, job_id: str) -> list[dict[str, Any]]:
-        """The rows under ``job_id``, itself included."""
+        """The rows under ``job_id``, itself included, each once even across a parent cycle."""
+        children: dict[str, list[dict[str, Any]]] = {}
+        for row in self.jobs.values():
+            children.setdefault(row["parent_job_id"], []).append(row)
         found = [self.jobs[job_id]]
+        seen = {job_id}
         for row in found:
-            found += [r for r in self.jobs.values() if r["parent_job_id"] == row["job_id"]]
+            for child in children.get(row["job_id"], []):
+                if child["job_id"] not in seen:
+                    seen.add(child["job_id"])
+                    found.append(child)
         return found
 
     def counts(self, rows: list[dict[str, Any]]) -> Counter[tuple[int, str, str]]:

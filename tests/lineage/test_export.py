@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import random
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -134,3 +135,98 @@ def test_jsonable_turns_results_into_json_types() -> None:
         "rows": [{"depth": 1, "name": "PageJob", "state": "queued", "count": 3}],
         "at": "2024-11-23T02:00:00+00:00",
     }
+
+
+def load_deep(text: str) -> Any:
+    """JSON nested deeper than Python's default recursion limit allows ``json.loads`` to read."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 50_000))
+    try:
+        return json.loads(text)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def nodes(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every job of a nested export, its ``unattached`` ones included, walked without recursion."""
+    found, todo = [], [tree, *tree.get("unattached", [])]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        for child in node["children"]:
+            assert child["parent_job_id"] == node["job_id"]
+            todo.append(child)
+    return found
+
+
+def test_nested_json_of_a_10001_deep_chain_is_written_whole(engine: Engine) -> None:
+    """A chain deeper than Python's recursion limit exports nested, every job once, in order."""
+    builder = TreeBuilder()
+    chain = builder.chain(10_001)
+    builder.insert(engine)
+    out = io.StringIO()
+    count = export_tree(LineageStore(engine), chain[0], out, "json", nested=True)
+    assert count == len(chain)
+    node, depth = load_deep(out.getvalue()), 0
+    while node["children"]:
+        (node,) = node["children"]
+        depth += 1
+    assert (node["job_id"], depth) == (chain[-1], len(chain) - 1)
+    assert max(len(line) for line in out.getvalue().splitlines()) < 2000, "one job per line"
+
+
+def _cycle_with_fan_out(engine: Engine, fan_out: int) -> tuple[TreeBuilder, str]:
+    """A run where A's parent is B and B's is A, A with ``fan_out`` children; returns A."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob")
+    a = builder.job("AJob", root)
+    b = builder.job("BJob", a)
+    builder.reparent(a, b)
+    for _ in range(fan_out):
+        builder.job("KidJob", a)
+    builder.insert(engine)
+    return builder, a
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "nested"])
+def test_a_parent_cycle_exports_each_job_once(engine: Engine, fmt: str) -> None:
+    """Exporting a job on a parent cycle writes each job reachable from it exactly once."""
+    builder, a = _cycle_with_fan_out(engine, 200)
+    expected = sorted(row["job_id"] for row in builder.subtree(a))
+    out = io.StringIO()
+    nested = fmt == "nested"
+    count = export_tree(
+        LineageStore(engine), a, out, "csv" if fmt == "csv" else "json", nested=nested
+    )
+    if fmt == "csv":
+        written = [row["job_id"] for row in csv.DictReader(io.StringIO(out.getvalue()))]
+    elif nested:
+        tree = json.loads(out.getvalue())
+        assert tree["job_id"] == a
+        written = [node["job_id"] for node in nodes(tree)]
+    else:
+        written = [job["job_id"] for job in json.loads(out.getvalue())["jobs"]]
+    assert count == len(written) == len(expected) == 202
+    assert sorted(written) == expected
+
+
+def test_nested_json_keeps_jobs_stored_out_of_depth_order(engine: Engine) -> None:
+    """A child whose stored depth is above its parent's, and a cycle apart, are still exported."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob")
+    page = builder.job("PageJob", root, enqueued=5)
+    early = builder.job("DetailJob", page, enqueued=1, depth=1)  # metadata said depth 1
+    late = builder.job("NoteJob", early, enqueued=9)
+    x = builder.job("XJob", root)
+    y = builder.job("YJob", x)
+    builder.reparent(x, y)  # x and y: each the other's parent, both in the run
+    builder.insert(engine)
+    out = io.StringIO()
+    count = export_tree(LineageStore(engine), root, out, "json", nested=True)
+    tree = json.loads(out.getvalue())
+    written = {node["job_id"]: node for node in nodes(tree)}
+    assert count == len(written) == len(builder.under(root))
+    assert [c["job_id"] for c in written[page]["children"]] == [early]
+    assert [c["job_id"] for c in written[early]["children"]] == [late]
+    assert {node["job_id"] for node in tree["unattached"]} <= {x, y}
+    assert {x, y} <= set(written)

@@ -7,6 +7,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,6 +18,7 @@ from jobtrace.lineage.queries import (
     ACTIVE,
     FAILURES,
     SCHEDULED,
+    UNKNOWN_DEPTH,
     JobNotFoundError,
     JobRow,
     LineageStore,
@@ -523,3 +525,245 @@ def test_overview_of_an_inner_job_stays_in_its_subtree(
     discarded = [r for r in subtree if r["state"] == "discarded"]
     assert [g.count for g in overview.failures] == [len(discarded)]
     assert {s.job_id for s in overview.failures[0].samples} <= {r["job_id"] for r in discarded}
+
+
+# Deep and cyclic lineage: parent ids come from other programs' metadata and can be anything.
+
+CHAIN = 10_001
+
+
+@pytest.fixture
+def chain(engine: Engine) -> list[str]:
+    """One run that is a single line of 10,001 jobs, root first."""
+    builder = TreeBuilder()
+    line = builder.chain(CHAIN)
+    builder.insert(engine)
+    return line
+
+
+def test_a_deep_chain_is_walked_to_the_end_both_ways(store: LineageStore, chain: list[str]) -> None:
+    """Below a job and above it, a 10,001-deep chain is returned whole, not cut at 1,000 levels."""
+    assert store.count_tree(chain[1]) == CHAIN - 1
+    assert ids(store.tree(chain[1])) == chain[1:]
+    path = store.ancestors(chain[-1])
+    assert ids(path) == chain[:-1]
+    assert (path.cycle_at, path.truncated_at) == (None, None)
+    why = store.why(chain[-1])
+    assert ids(list(why.path)) == chain
+    assert (why.cycle_at, why.truncated_at) == (None, None)
+
+
+def test_a_path_cut_at_the_limit_says_at_which_depth(
+    store: LineageStore, chain: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ancestors and why keep the ancestors nearest the job and name the depth where they stop."""
+    path = store.ancestors(chain[-1], limit=50)
+    assert ids(path) == chain[-51:-1]
+    assert path.truncated_at == CHAIN - 51  # the depth of the topmost job kept
+    assert path.cycle_at is None
+    why = store.why(chain[-1], limit=50)
+    assert ids(list(why.path)) == chain[-51:]
+    assert why.truncated_at == CHAIN - 51
+    monkeypatch.setattr("jobtrace.lineage.queries.MAX_DEPTH", 1000)
+    default = store.ancestors(chain[-1])
+    assert (len(default), default.truncated_at) == (1000, CHAIN - 1001)
+
+
+def _cycle(engine: Engine, fan_out: int = 0) -> tuple[TreeBuilder, str, str, str]:
+    """A run where A's parent is B and B's parent is A, A with ``fan_out`` children, and a leaf."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob")
+    a = builder.job("AJob", root)
+    b = builder.job("BJob", a)
+    builder.reparent(a, b)
+    leaf = builder.job("LeafJob", b)
+    for _ in range(fan_out):
+        builder.job("KidJob", a)
+    builder.insert(engine)
+    return builder, a, b, leaf
+
+
+def test_a_parent_cycle_ends_the_path_where_it_closes(store: LineageStore, engine: Engine) -> None:
+    """Walking up a cycle lists each job once and says at which job the cycle closed."""
+    _, a, b, leaf = _cycle(engine)
+    path = store.ancestors(a)
+    assert ids(path) == [b]
+    assert (path.cycle_at, path.truncated_at) == (a, None)
+    path = store.ancestors(leaf)
+    assert ids(path) == [a, b]
+    assert path.cycle_at == b
+    why = store.why(leaf)
+    assert ids(list(why.path)) == [a, b, leaf]
+    assert why.cycle_at == b
+
+
+def test_a_cycle_through_a_fan_out_counts_each_job_once(
+    store: LineageStore, engine: Engine
+) -> None:
+    """The subtree of a job on a cycle holds every job reachable from it exactly once."""
+    builder, a, b, _ = _cycle(engine, fan_out=2000)
+    expected = sorted(row["job_id"] for row in builder.subtree(a))
+    assert len(expected) == 2003  # A, B, the leaf under B and A's 2,000 children
+    assert store.count_tree(a) == len(expected)
+    assert sorted(ids(store.tree(a))) == expected
+    assert store.count_tree(b) == len(expected)
+    overview = store.overview(a)
+    assert sum(stage.total for stage in overview.tree.stages) == len(expected)
+    assert store.why(a).cycle_at == a
+
+
+# Runs whose root or parent jobtrace never saw: the writer keeps a placeholder row for them.
+
+
+@dataclass
+class ForeignRun:
+    """A run started by a producer jobtrace never saw, under a parent it never saw either."""
+
+    builder: TreeBuilder
+    root: str
+    parent: str
+    chunks: list[str]
+    lost: str
+
+
+@pytest.fixture
+def foreign(engine: Engine) -> ForeignRun:
+    """Placeholders for the root and the parent, chunks under the parent, one of them lost track of."""
+    builder = TreeBuilder()
+    for start in (100, 200, 300):  # older runs jobtrace saw whole
+        page = builder.job("PageJob", builder.job("SyncJob", enqueued=start), enqueued=start)
+        builder.job("DetailJob", page, enqueued=start)
+    root = builder.placeholder("ext-root", heard=400)
+    parent = builder.placeholder("ext-parent", root, depth=1, heard=400, named_by="chunk-0")
+    states = ["succeeded"] * random.Random(6).randint(2, 5) + ["running", "queued", "failed"]
+    chunks = [
+        builder.job("ChunkJob", parent, state=state, enqueued=400, job_id=f"chunk-{number}")
+        for number, state in enumerate(states)
+    ]
+    lost = builder.job(
+        "ChunkJob",
+        parent,
+        state="unknown",
+        enqueued=400,
+        started=401,
+        finished_at=None,
+        reason="lost track: records dropped while the store was down",
+    )
+    chunks.append(lost)
+    builder.insert(engine)
+    return ForeignRun(builder, root, parent, chunks, lost)
+
+
+def test_runs_list_a_run_whose_root_was_never_recorded_by_when_it_was_heard_of(
+    store: LineageStore, foreign: ForeignRun
+) -> None:
+    """A placeholder root has no enqueue time: it is placed by when it was first heard of."""
+    runs = store.runs(2)
+    assert [run.root.job_id for run in runs][:1] == [foreign.root]
+    assert runs[0].root.is_placeholder
+    assert runs[0].total == len(foreign.builder.under(foreign.root))
+    assert runs[0].unknown == 2 + 1  # root, parent, and the chunk lost track of
+    assert runs[0].health == "failing"
+    assert [run.root.name for run in store.runs(10)] == ["?"] + ["SyncJob"] * 3
+
+
+def test_unknown_is_neither_active_nor_failing(store: LineageStore, engine: Engine) -> None:
+    """A run whose only open question is a never-recorded root is ok, and never stuck."""
+    builder = TreeBuilder()
+    root = builder.placeholder("ext-root", heard=0)
+    builder.job("ChunkJob", root, enqueued=1)
+    builder.insert(engine)
+    (run,) = store.runs()
+    assert (run.health, run.active, run.failures, run.unknown) == ("ok", 0, 0, 1)
+    assert store.stuck_stages(root, 1, now=builder.start + timedelta(days=1)) == []
+
+
+def test_stats_and_tree_cover_unrecorded_jobs_like_recorded_ones(
+    store: LineageStore, foreign: ForeignRun
+) -> None:
+    """The stage table of any job of the run counts the placeholders as ``?`` stages, unknown."""
+    builder = foreign.builder
+    stats = store.stage_stats(foreign.chunks[0])
+    assert stats.root_job_id == foreign.root
+    got = {(r.depth, r.name, r.state): r.count for r in stats.rows}
+    assert got == dict(builder.counts(builder.under(foreign.root)))
+    assert got[(0, "?", "unknown")] == got[(1, "?", "unknown")] == 1
+    tree = store.stage_tree(foreign.root)
+    (top,) = tree.children_of(tree.stages[0])
+    assert (top.depth, top.name) == (1, "?")
+    assert [s.name for s in tree.children_of(top)] == ["ChunkJob"]
+
+
+def test_progress_of_an_unrecorded_parent_counts_unknown_children_apart(
+    store: LineageStore, foreign: ForeignRun
+) -> None:
+    """A child lost track of is neither pending, running nor done: the parent is not complete."""
+    progress = store.progress(foreign.parent)
+    assert progress.parent.is_placeholder
+    assert progress.total == len(foreign.chunks)
+    assert progress.unknown == 1
+    assert progress.total == progress.pending + progress.running + progress.done + progress.unknown
+    assert not progress.complete
+    assert sorted(ids(store.children(foreign.parent))) == sorted(foreign.chunks)
+    assert ids(store.children(foreign.parent, state="unknown")) == [foreign.lost]
+
+
+def test_why_walks_up_through_unrecorded_jobs(store: LineageStore, foreign: ForeignRun) -> None:
+    """The path of a chunk goes through its placeholder parent up to the placeholder root."""
+    why = store.why(foreign.chunks[0])
+    assert ids(list(why.path)) == [foreign.root, foreign.parent, foreign.chunks[0]]
+    assert [row.is_placeholder for row in why.path] == [True, True, False]
+    assert why.cause is None, "a placeholder is no failure"
+    assert store.why(foreign.parent).job.reason == "named as the parent of chunk-0; never recorded"
+
+
+def test_jobs_named_as_parent_or_root_without_any_row_still_answer(
+    store: LineageStore, engine: Engine
+) -> None:
+    """A store written before placeholders existed: a parent and root only named still answer."""
+    builder = TreeBuilder()
+    for number in range(3):
+        builder.job(
+            "ChunkJob",
+            job_id=f"orphan-{number}",
+            parent_job_id="ghost-parent",
+            root_job_id="ghost-root",
+            depth=2,
+        )
+    builder.insert(engine)
+    parent = store.job("ghost-parent")
+    assert parent.is_placeholder
+    assert (parent.name, parent.state, parent.attempt) == ("?", "unknown", 0)
+    assert (parent.root_job_id, parent.depth, parent.parent_job_id) == ("ghost-root", 1, None)
+    assert store.progress("ghost-parent").total == 3
+    assert len(store.children("ghost-parent")) == 3
+    assert store.stage_stats("orphan-0").root_job_id == "ghost-root"
+    overview = store.overview("ghost-root")
+    assert overview.root.is_placeholder
+    assert overview.root.is_root
+    assert sum(stage.total for stage in overview.tree.stages) == 3
+    assert ids(store.ancestors("orphan-1")) == ["ghost-root", "ghost-parent"]
+
+
+def test_jobs_whose_records_never_said_root_or_depth_are_answered(
+    store: LineageStore, engine: Engine
+) -> None:
+    """A job without root or depth is a stage of unknown depth; alone, it is a run of its own."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob")
+    page = builder.job("PageJob", root)
+    beat = builder.job("ChunkJob", page, state="running", root_job_id=None, depth=None)
+    alone = builder.job("LoneJob", state="running", root_job_id=None, depth=None)
+    builder.insert(engine)
+    assert store.stage_stats(beat).root_job_id == root
+    stats = store.stage_stats(alone)
+    assert [(r.depth, r.name, r.state, r.count) for r in stats.rows] == [
+        (UNKNOWN_DEPTH, "LoneJob", "running", 1)
+    ]
+    assert stats.root_job_id == alone
+    tree = store.stage_tree(page)
+    assert [(s.depth, s.name) for s in tree.stages] == [(UNKNOWN_DEPTH, "ChunkJob"), (1, "PageJob")]
+    assert [tree.children_of(s) for s in tree.stages] == [[], []], "no level is known to hang it"
+    assert ids(store.ancestors(beat)) == [root, page]
+    assert store.overview(alone).tree.stages[0].depth == UNKNOWN_DEPTH
+    assert store.diff(alone, beat).a.job_id == alone

@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from jobtrace.cli import render
 from jobtrace.lineage.export import FORMATS, export_tree, jsonable
-from jobtrace.lineage.queries import FAILURES, STUCK_AFTER, LineageStore
+from jobtrace.lineage.queries import FAILURES, MAX_DEPTH, STUCK_AFTER, LineageStore
 
 Handler = Callable[["Context"], int]
 
@@ -113,7 +113,7 @@ def cmd_runs(ctx: Context) -> int:
     """The latest runs and their health."""
     runs = ctx.store.runs(ctx.args.limit, name=ctx.args.name)
     if ctx.args.json:
-        ctx.print_json([_with(run, "health", "failures", "active") for run in runs])
+        ctx.print_json([_with(run, "health", "failures", "active", "unknown") for run in runs])
     elif not runs:
         ctx.print(["no runs recorded"])
     else:
@@ -174,13 +174,27 @@ def cmd_children(ctx: Context) -> int:
 
 
 def cmd_ancestors(ctx: Context) -> int:
-    """The jobs above a job, from its root down."""
+    """The jobs above a job, from its root down, and why the path stops where it does."""
     job = ctx.store.job(ctx.args.job_id)
-    ancestors = ctx.store.ancestors(job.job_id)
+    ancestors = ctx.store.ancestors(job.job_id, limit=ctx.args.limit)
     if ctx.args.json:
-        ctx.print_json({"job": job, "ancestors": ancestors})
+        ctx.print_json(
+            {
+                "job": job,
+                "ancestors": list(ancestors),
+                "cycle_at": ancestors.cycle_at,
+                "truncated_at": ancestors.truncated_at,
+            }
+        )
     else:
-        ctx.print(render.ancestors_lines([*ancestors, job], ctx.style))
+        ctx.print(
+            render.ancestors_lines(
+                [*ancestors, job],
+                ctx.style,
+                cycle_at=ancestors.cycle_at,
+                truncated_at=ancestors.truncated_at,
+            )
+        )
     return 0
 
 
@@ -373,8 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", help="only children in this state (or 'scheduled': queued, not due yet)"
     )
     children.add_argument("--limit", type=int, default=50, help="children to list (50)")
-    add("ancestors", cmd_ancestors, "the jobs above a job, up to its root", read).add_argument(
-        "job_id", metavar="ID"
+    ancestors = add("ancestors", cmd_ancestors, "the jobs above a job, up to its root", read)
+    ancestors.add_argument("job_id", metavar="ID")
+    ancestors.add_argument(
+        "--limit",
+        type=int,
+        default=MAX_DEPTH,
+        metavar="N",
+        help=f"ancestors to list at most, the nearest ({MAX_DEPTH:,})",
     )
     add("why", cmd_why, "the path to a job and the earliest related failure", read).add_argument(
         "job_id", metavar="ID"

@@ -18,6 +18,9 @@ from typing import TextIO
 from jobtrace.lineage.queries import (
     FAILURES,
     PENDING,
+    PLACEHOLDER_NAME,
+    UNKNOWN,
+    UNKNOWN_DEPTH,
     ErrorCount,
     FailingStage,
     FailureGroup,
@@ -47,9 +50,22 @@ STATE_ORDER = (
     "failed",
     "discarded",
     "crashed",
+    "unknown",
 )
+#: Stage levels the tree draws indented; deeper ones are listed flat under the last, with depths.
+DRAWN_LEVELS = 32
+#: Longest path ``why`` prints whole; a longer one keeps its ends (``ancestors`` lists it all).
+PATH_SHOWN = 12
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36"}
+_CODES = {
+    "bold": "1",
+    "dim": "2",
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "magenta": "35",
+    "cyan": "36",
+}
 
 
 def wants_color(stream: TextIO) -> bool:
@@ -91,6 +107,8 @@ def _state_style(state: str) -> tuple[str, ...]:
         return ("cyan",)
     if state == "succeeded":
         return ("green",)
+    if state == UNKNOWN:
+        return ("magenta",)
     return ("dim",)
 
 
@@ -166,20 +184,46 @@ def _width(cell: str) -> int:
 
 
 def job_line(job: JobRow, style: Style) -> str:
-    """``MoviePageJob page-17 failed: TimeoutError``: a job in one line."""
-    text = f"{style.paint(job.name, 'bold')} {job.job_id} {style.state(job.state)}"
+    """``MoviePageJob page-17 failed: TimeoutError``: a job in one line.
+
+    A job known only by name reads ``? ext-7 unknown (never recorded)``; one the store lost track
+    of, ``... unknown (lost track)``.
+    """
+    text = (
+        f"{style.paint(job.name, 'bold')} {job.job_id} {style.state(job.state, state_label(job))}"
+    )
     if job.error:
         text += f": {job.error}"
     return text
+
+
+def state_label(job: JobRow) -> str:
+    """The job's state, with what ``unknown`` means for it: never recorded, or lost track of."""
+    if job.is_placeholder:
+        return f"{job.state} (never recorded)"
+    if job.lost_track and (job.reason or "").startswith("lost track"):
+        return f"{job.state} (lost track)"
+    return job.state
+
+
+def depth_text(depth: int | None) -> str:
+    """A depth as printed: ``?`` where no record said it."""
+    return "?" if depth is None or depth == UNKNOWN_DEPTH else str(depth)
 
 
 # The tree of scenario 1.
 
 
 def overview_lines(overview: Overview, style: Style) -> list[str]:
-    """The stage tree under the overview's job, stuck stages marked ⚠ and failing ones ✗."""
+    """The stage tree under the overview's job, stuck stages marked ⚠ and failing ones ✗.
+
+    Drawn without recursion, and indented :data:`DRAWN_LEVELS` deep at most: the stages below
+    that are listed flat, each with its depth, so a tree thousands of levels deep prints in lines
+    of bounded width.
+    """
     tree = overview.tree
     root = tree.root
+    root_depth = UNKNOWN_DEPTH if root.depth is None else root.depth
     stuck: dict[tuple[int, str], list[StuckStage]] = {}
     for item in overview.stuck:
         stuck.setdefault((item.depth, item.name), []).append(item)
@@ -190,8 +234,13 @@ def overview_lines(overview: Overview, style: Style) -> list[str]:
 
     def head(stage: Stage) -> str:
         key = (stage.depth, stage.name)
-        text = f"{style.paint(stage.name, 'bold')}  {stage.total:,} job{'s' * (stage.total != 1)}"
-        if stage.depth > root.depth + 1:
+        name = style.paint(stage.name, "bold")
+        if stage.name == PLACEHOLDER_NAME and set(stage.states) == {UNKNOWN}:
+            name += " (never recorded)"
+        if stage.depth == UNKNOWN_DEPTH:
+            name += " (depth unknown)"
+        text = f"{name}  {stage.total:,} job{'s' * (stage.total != 1)}"
+        if stage.depth > root_depth + 1 and root_depth != UNKNOWN_DEPTH:
             text += f" from {stage.parents:,} parent{'s' * (stage.parents != 1)}"
         text += f"  {state_counts(stage.states, style)}"
         if key in stuck:
@@ -208,7 +257,7 @@ def overview_lines(overview: Overview, style: Style) -> list[str]:
         return lines
 
     root_stage = next(
-        (s for s in tree.stages if (s.depth, s.name) == (root.depth, root.name)), None
+        (s for s in tree.stages if (s.depth, s.name) == (root_depth, root.name)), None
     )
     first = f"{job_line(root, style)}  trace {root.trace_id or '-'}"
     if root.enqueued_at:
@@ -221,22 +270,40 @@ def overview_lines(overview: Overview, style: Style) -> list[str]:
         drawn.add((root_stage.depth, root_stage.name))
         lines += ["  " + line for line in details(root_stage)]
 
-    def draw(stage: Stage, prefix: str, last: bool) -> None:
-        drawn.add((stage.depth, stage.name))
-        lines.append(prefix + ("└── " if last else "├── ") + head(stage))
-        inner = prefix + ("    " if last else "│   ")
-        kids = [k for k in tree.children_of(stage) if (k.depth, k.name) not in drawn]
-        lines.extend(inner + ("│   " if kids else "    ") + d for d in details(stage))
-        for index, kid in enumerate(kids):
-            draw(kid, inner, index == len(kids) - 1)
+    # (stage, prefix, last among its siblings, level): a stack instead of recursion.
+    todo: list[tuple[Stage, str, bool, int]] = []
 
-    top = tree.children_of(root_stage) if root_stage else []
-    for index, stage in enumerate(top):
-        draw(stage, "", index == len(top) - 1)
-    # Stages whose parent stage is not one level up (inconsistent depths) still get drawn.
-    stray = [s for s in tree.stages if (s.depth, s.name) not in drawn]
-    for index, stage in enumerate(stray):
-        draw(stage, "", index == len(stray) - 1)
+    def push(stages: list[Stage], prefix: str, level: int) -> None:
+        for index in reversed(range(len(stages))):
+            todo.append((stages[index], prefix, index == len(stages) - 1, level))
+
+    def draw() -> None:
+        while todo:
+            stage, prefix, last, level = todo.pop()
+            if (stage.depth, stage.name) in drawn:
+                continue
+            drawn.add((stage.depth, stage.name))
+            kids = [k for k in tree.children_of(stage) if (k.depth, k.name) not in drawn]
+            if level <= DRAWN_LEVELS:
+                lines.append(prefix + ("└── " if last else "├── ") + head(stage))
+                inner = prefix + ("    " if last else "│   ")
+                lines.extend(inner + ("│   " if kids else "    ") + d for d in details(stage))
+            else:
+                lines.append(f"{prefix}↳ depth {stage.depth:,}  {head(stage)}")
+                inner = prefix
+                lines.extend(inner + "    " + d for d in details(stage))
+            push(kids, inner, level + 1)
+
+    push(tree.children_of(root_stage) if root_stage else [], "", 1)
+    draw()
+    # Stages whose parent stage is not one level up (inconsistent or unknown depths) still get
+    # drawn, each at the top of what hangs under it.
+    below = {(k.depth, k.name) for stage in tree.stages for k in tree.children_of(stage)}
+    stray = [
+        s for s in tree.stages if (s.depth, s.name) not in drawn and (s.depth, s.name) not in below
+    ]
+    push(stray, "", 1)
+    draw()
     return lines
 
 
@@ -278,7 +345,7 @@ def stats_lines(
         mark = {"stuck": f"{STUCK} stuck", "failing": f"{FAILING} failing"}.get(flag, "")
         rows.append(
             [
-                str(row.depth),
+                depth_text(row.depth),
                 row.name,
                 style.state(row.state),
                 f"{row.count:,}" if style.aligned else str(row.count),
@@ -289,13 +356,16 @@ def stats_lines(
 
 
 def runs_lines(runs: Sequence[RunSummary], style: Style) -> list[str]:
-    """One line per run: root, when, size, health and its counts per state."""
+    """One line per run: root, when, size, health and its counts per state.
+
+    A root never recorded shows ``? (never recorded)`` and when it was first heard of.
+    """
     paint = {"failing": ("red",), "active": ("cyan",), "ok": ("green",)}
     rows = [
         [
             run.root.job_id,
-            run.root.name,
-            when(run.root.enqueued_at or run.root.started_at),
+            run.root.name + (" (never recorded)" if run.root.is_placeholder else ""),
+            when(run.root.enqueued_at or run.root.started_at or run.root.updated_at),
             f"{run.total:,}" if style.aligned else str(run.total),
             style.paint(run.health, *paint[run.health]),
             state_counts(run.states, style) if style.aligned else _plain_counts(run.states),
@@ -317,6 +387,7 @@ def progress_lines(progress: Progress, children: Sequence[JobRow], style: Style)
         f" · {p.running:,} running · {p.pending:,} pending · {p.succeeded:,} succeeded"
         f" · {style.paint(f'{p.failed:,} failed', 'red' if p.failed else 'dim')}"
         f" · {style.paint(f'{p.crashed:,} crashed', 'red' if p.crashed else 'dim')}"
+        + (f" · {style.paint(f'{p.unknown:,} unknown', 'magenta')}" if p.unknown else "")
     ]
     for job in p.problems:
         reason = job.error_message or job.reason or ""
@@ -336,7 +407,7 @@ def jobs_table(jobs: Sequence[JobRow], style: Style) -> list[str]:
         [
             job.job_id,
             job.name,
-            style.state(job.state),
+            style.state(job.state, state_label(job)),
             job.queue or "-",
             when(job.started_at),
             span(job.duration),
@@ -349,21 +420,67 @@ def jobs_table(jobs: Sequence[JobRow], style: Style) -> list[str]:
     return table(headers, rows, style)
 
 
-def ancestors_lines(path: Sequence[JobRow], style: Style) -> list[str]:
-    """The path from the root down to a job, with trace ids."""
+def ancestors_lines(
+    path: Sequence[JobRow],
+    style: Style,
+    *,
+    cycle_at: str | None = None,
+    truncated_at: int | None = None,
+) -> list[str]:
+    """The path from the root down to a job, with trace ids, then why it stops where it does.
+
+    Args:
+        cycle_at: The job a parent cycle led back to (see ``Ancestors``).
+        truncated_at: The depth where the walk stopped at its limit.
+    """
     rows = [
-        [str(job.depth), job.job_id, job.name, style.state(job.state), job.trace_id or "-"]
+        [
+            depth_text(job.depth),
+            job.job_id,
+            job.name,
+            style.state(job.state, state_label(job)),
+            job.trace_id or "-",
+        ]
         for job in path
     ]
-    return table(["depth", "job id", "job", "state", "trace id"], rows, style, right=[0])
+    lines = table(["depth", "job id", "job", "state", "trace id"], rows, style, right=[0])
+    return lines + path_notes(cycle_at, truncated_at, style)
+
+
+def _depth_words(depth: int) -> str:
+    return "?" if depth == UNKNOWN_DEPTH else f"{depth:,}"
+
+
+def path_notes(cycle_at: str | None, truncated_at: int | None, style: Style) -> list[str]:
+    """Why a path does not start at a root: a parent cycle, or the walk's limit."""
+    notes = []
+    if truncated_at is not None:
+        notes.append(
+            f"{STUCK} truncated at depth {_depth_words(truncated_at)}: more ancestors above"
+            " (--limit)"
+        )
+    if cycle_at is not None:
+        notes.append(f"{STUCK} cycle at {cycle_at}: its parent links lead back to it")
+    return [style.paint(note, "yellow") for note in notes]
 
 
 def why_lines(why: Why, style: Style) -> list[str]:
-    """The path, the earliest related failure and the job's attempts."""
+    """The path, the earliest related failure and the job's attempts.
+
+    A path longer than :data:`PATH_SHOWN` keeps its top and the jobs nearest the job.
+    """
     lines = ["path:"]
-    for job in why.path:
+    lines += ["  " + note for note in path_notes(why.cycle_at, why.truncated_at, style)]
+    shown: list[JobRow | int] = list(why.path)
+    if len(shown) > PATH_SHOWN:
+        top, near = 3, PATH_SHOWN - 4
+        shown = [*why.path[:top], len(why.path) - top - near, *why.path[-near:]]
+    for level, job in enumerate(shown):
+        if isinstance(job, int):
+            lines.append(f"  {'  ' * level}⋮ {job:,} more (jobtrace ancestors {why.job.job_id})")
+            continue
         mark = "  ← this job" if job.job_id == why.job.job_id else ""
-        lines.append(f"  {'  ' * (job.depth - why.path[0].depth)}{job_line(job, style)}{mark}")
+        lines.append(f"  {'  ' * level}{job_line(job, style)}{mark}")
     lines.append(f"job: {_status(why.job)} · trace {why.job.trace_id or '-'}")
     cause = why.cause
     if cause is None:
@@ -398,6 +515,10 @@ def why_lines(why: Why, style: Style) -> list[str]:
 def _status(job: JobRow) -> str:
     """Where a job stands, in words: since when it waits, runs, or how it ended."""
     queue = f" on queue {job.queue}" if job.queue else ""
+    if job.is_placeholder:
+        return f"never recorded: {job.reason or 'only named by other jobs'}"
+    if job.state == UNKNOWN:
+        return f"unknown{queue} since {when(job.updated_at)}: {job.reason or 'no record says'}"
     if job.state in PENDING:
         start = (
             "never started" if job.started_at is None else f"last started {when(job.started_at)}"
@@ -424,7 +545,7 @@ def diff_lines(diff: RunDiff, style: Style) -> list[str]:
         )
         rows.append(
             [
-                str(stage.depth),
+                depth_text(stage.depth),
                 stage.name,
                 f"{stage.a.total:,}",
                 f"{stage.b.total:,}",
