@@ -236,3 +236,36 @@ def test_unprintable_exception_through_local_queue(telemetry: CapturedTelemetry)
     assert len(spans) == 2  # a retry, then the final failure
     outcomes = [(r.attempt, r.state) for r in telemetry.records if r.kind == "finished"]
     assert outcomes == [(1, JobState.RETRYING), (2, JobState.FAILED)]
+
+
+def test_a_queue_id_the_contract_would_repair_keeps_the_run_whole(
+    telemetry: CapturedTelemetry,
+) -> None:
+    """A queue's own id with a control character: producer and worker record the same id."""
+    raw = "celery-id\nwith newline"
+    meta = jobtrace.prepare_enqueue("Child", job_id=raw)
+    with jobtrace.trace_job(meta, name="Child", job_id=raw):
+        pass
+    ids = {record.job_id for record in telemetry.records}
+    assert ids == {md.repair_job_id(raw)}
+
+
+def test_a_send_that_failed_with_an_unspeakable_error_ends_its_span(
+    telemetry: CapturedTelemetry,
+) -> None:
+    """The send span ends, marked as an error, even when the error cannot say what it is."""
+    send = jobtrace.Enqueue("Child")
+    send.start()
+    send.end(UnprintableError())
+    (span,) = telemetry.send_spans("Child")
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_record_error_with_an_unspeakable_error_never_reaches_the_job(
+    telemetry: CapturedTelemetry,
+) -> None:
+    """record_error() of an exception whose __str__ raises is an event, not a crash of the job."""
+    with jobtrace.trace_job(None, name="Job"):
+        jobtrace.record_error(UnprintableError())
+    (span,) = telemetry.process_spans("Job")
+    assert [event.name for event in span.events] == ["exception"]

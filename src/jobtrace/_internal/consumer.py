@@ -21,7 +21,13 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 from jobtrace import records
 from jobtrace._internal import current, semconv
 from jobtrace._internal.config import Relationship, get_settings
-from jobtrace._internal.metadata import Incoming, read_metadata, retry_metadata
+from jobtrace._internal.metadata import (
+    Incoming,
+    is_valid_job_id,
+    read_metadata,
+    repair_job_id,
+    retry_metadata,
+)
 from jobtrace._internal.producer import new_job_id
 from jobtrace._internal.redaction import args_text, call_args, safe_str
 from jobtrace._internal.telemetry import flush, in_forked_child, instruments, tracer
@@ -99,6 +105,8 @@ class JobRun:
             self.metadata, job_description=f"job {self.name} {self.job_id or ''}".rstrip()
         )
         job_id = self.job_id or incoming.job_id or new_job_id()
+        if not is_valid_job_id(job_id):  # a queue's own id, under the metadata's rule
+            job_id = repair_job_id(job_id)
         attempt = self.attempt or incoming.attempt or 1
         relationship: Relationship = incoming.relationship or "child"
         parent_context, links = _parent_and_links(incoming, relationship)
@@ -233,13 +241,7 @@ class JobRun:
             message = safe_str(error, _MAX_ERROR_MESSAGE)  # a raising __str__ costs the text only
             attributes[semconv.ERROR_TYPE] = error_type
             if self.adopted_span is None:
-                try:
-                    span.record_exception(error, escaped=True)
-                except Exception:  # the SDK calls str(error) itself
-                    span.add_event(
-                        "exception",
-                        {"exception.type": error_type, "exception.message": message},
-                    )
+                current.record_exception(span, error, escaped=True)
             if outcome is JobState.RETRYING:
                 attributes[semconv.JOB_WILL_RETRY] = True
                 span.add_event(semconv.EVENT_RETRY, {"jobtrace.job.attempt": info.attempt})

@@ -20,9 +20,11 @@ from opentelemetry.util.types import AttributeValue
 from jobtrace import records
 from jobtrace._internal import semconv, telemetry
 from jobtrace._internal.config import get_settings
+from jobtrace._internal.redaction import safe_str
 from jobtrace.records import JobInfo, JobState
 
 ITEM_KINDS = ("total", "processed", "failed", "skipped")
+_MAX_MESSAGE = 2000
 
 
 @dataclass(slots=True)
@@ -134,7 +136,29 @@ def record_error(
     """
     job = _current.get()
     if job is not None:
-        job.span.record_exception(error, attributes)
+        record_exception(job.span, error, attributes)
+
+
+def record_exception(
+    span: Span,
+    error: BaseException,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    *,
+    escaped: bool = False,
+) -> None:
+    """``span.record_exception`` that survives an exception whose ``__str__`` raises.
+
+    The SDK calls ``str(error)`` itself; such an exception still leaves an ``exception`` event
+    (its type and a marker for its message) and never escapes into the job.
+    """
+    try:
+        span.record_exception(error, attributes, escaped=escaped)
+    except Exception:
+        event: dict[str, AttributeValue] = dict(attributes or {})
+        event["exception.type"] = semconv.error_type(error)
+        event["exception.message"] = safe_str(error, _MAX_MESSAGE)
+        event["exception.escaped"] = escaped
+        span.add_event("exception", event)
 
 
 def _set_outcome(outcome: JobState, reason: str | None) -> None:

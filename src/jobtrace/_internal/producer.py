@@ -15,9 +15,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from jobtrace import records
 from jobtrace._internal import semconv
 from jobtrace._internal.config import Relationship, Settings, get_settings
-from jobtrace._internal.current import active_job
+from jobtrace._internal.current import active_job, record_exception
 from jobtrace._internal.metadata import producer_job_id, write_lineage
-from jobtrace._internal.redaction import args_text
+from jobtrace._internal.redaction import args_text, safe_str
 from jobtrace._internal.telemetry import tracer
 
 logger = logging.getLogger("jobtrace")
@@ -164,9 +164,9 @@ class Enqueue:
             return
         try:
             if error is not None:
-                span.record_exception(error)
+                record_exception(span, error)
                 span.set_attribute(semconv.ERROR_TYPE, semconv.error_type(error))
-                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                span.set_status(Status(StatusCode.ERROR, safe_str(error, 200)))
             span.end()
         except Exception:
             logger.warning("jobtrace: ending the send span of %s failed", self.name, exc_info=True)

@@ -18,7 +18,6 @@ UPDATE``, atomic per row on SQLite and PostgreSQL):
 from __future__ import annotations
 
 import functools
-import hashlib
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sqlalchemy import ColumnElement, Table, and_, case, func, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
+from jobtrace._internal.metadata import is_valid_job_id, repair_job_id
 from jobtrace.lineage.models import ID_LENGTH, NAME_LENGTH, Attempt, Base, Job, UTCDateTime
 from jobtrace.records import JobRecord, JobState
 
@@ -82,26 +82,17 @@ def rank(state: str) -> int:
 
 
 def safe_id(value: str | None) -> str | None:
-    """An id that fits its column and every database: the same input always gives the same id.
+    """An id under the metadata contract's rule, so the store and every reader agree on it.
 
-    NULs become U+FFFD. An id that is too long, or not valid Unicode (a lone surrogate, which
-    PostgreSQL cannot store), keeps a readable prefix and gains a hash of the original, so
-    distinct ids stay distinct.
+    A record built from a raw queue id may carry one a reader would repair (a control character,
+    a lone surrogate, which PostgreSQL cannot store, or more than 255 characters): the store files
+    it under the same repaired id (:func:`jobtrace._internal.metadata.repair_job_id`).
     """
     if value is None:
         return None
-    if len(value) <= ID_LENGTH and value.isascii() and "\x00" not in value:
+    if len(value) <= ID_LENGTH and value.isascii() and value.isprintable():
         return value  # the common case
-    clean = value.replace("\x00", "\ufffd")
-    try:
-        clean.encode("utf-8")
-    except UnicodeEncodeError:
-        clean = clean.encode("utf-8", "replace").decode("utf-8")
-    else:
-        if len(clean) <= ID_LENGTH:
-            return clean
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{clean[: ID_LENGTH - len(digest) - 1]}~{digest}"
+    return value if is_valid_job_id(value) else repair_job_id(value)
 
 
 def _text(value: str | None, limit: int) -> str | None:
