@@ -14,6 +14,7 @@ import pytest
 
 import jobtrace.demo
 from jobtrace.cli import main
+from jobtrace.lineage.queries import LineageStore
 from tests.lineage.builders import CinemaRun, TreeBuilder, cinema_run, create_schema
 
 
@@ -586,3 +587,50 @@ def test_jobs_only_named_by_others_answer_on_a_store_without_placeholders(
     code, out, err = run_cli(capsys, "--database-url", sqlite_url, "children", "ghost-parent")
     assert (code, err) == (0, "")
     assert out.startswith("? ghost-parent unknown (never recorded): 2/2 children done")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--heartbeat-timeout", "-5"],
+        ["--heartbeat-timeout", "0"],
+        ["--heartbeat-timeout", "nan"],
+        ["--stalled-after", "-1"],
+        ["--missed-heartbeats", "0"],
+        ["--heartbeat-timeout-for", "BatchJob=-5"],
+    ],
+)
+def test_reap_refuses_thresholds_that_would_crash_live_jobs(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str, option: list[str]
+) -> None:
+    """A negative, zero or NaN threshold is a one-line usage error, and nothing is reaped."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    alive = builder.job("BatchJob", state="running", heartbeat=1)
+    builder.insert(engine)
+    engine.dispose()
+    code, _, err = run_cli(capsys, "--database-url", sqlite_url, "reap", *option)
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("jobtrace reap: error: argument")
+    with LineageStore(sqlite_url) as store:
+        assert store.job(alive).state == "running"
+
+
+def test_reap_waits_for_missed_heartbeats_and_says_what_it_lost_track_of(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """--missed-heartbeats is honoured, and jobs whose records were lost are listed apart."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    slow = builder.job("BatchJob", state="running", heartbeat=1, heartbeat_interval=1e9)
+    lost = builder.job("BatchJob", state="running", heartbeat=1, lost_at=builder.at(2))
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(
+        capsys, "--database-url", sqlite_url, "reap", "--missed-heartbeats", "2", "--json"
+    )
+    assert code == 0
+    assert json.loads(out) == {"crashed": [], "stalled": [], "lost": [lost]}
+    with LineageStore(sqlite_url) as store:
+        assert store.job(slow).state == "running"

@@ -9,6 +9,7 @@ one line.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -261,6 +262,7 @@ def cmd_reap(ctx: Context) -> int:
         for name, value in (
             ("heartbeat_timeout", ctx.args.heartbeat_timeout),
             ("stalled_after", ctx.args.stalled_after),
+            ("missed_heartbeats", ctx.args.missed_heartbeats),
         )
         if value is not None
     }
@@ -270,12 +272,12 @@ def cmd_reap(ctx: Context) -> int:
         stalled_after_by_name=dict(ctx.args.stalled_after_for),
         **options,
     )
-    crashed, stalled = list(result.crashed), list(result.stalled)
+    crashed, stalled, lost = list(result.crashed), list(result.stalled), list(result.lost)
     if ctx.args.json:
-        ctx.print_json({"crashed": crashed, "stalled": stalled})
+        ctx.print_json({"crashed": crashed, "stalled": stalled, "lost": lost})
         return 0
-    lines = [f"{len(crashed):,} crashed, {len(stalled):,} stalled"]
-    for label, ids in (("crashed", crashed), ("stalled", stalled)):
+    lines = [f"{len(crashed):,} crashed, {len(stalled):,} stalled, {len(lost):,} lost track"]
+    for label, ids in (("crashed", crashed), ("stalled", stalled), ("lost track", lost)):
         lines += [f"  {label} {job_id}" for job_id in ids[:20]]
         if len(ids) > 20:
             lines.append(f"  … {len(ids) - 20:,} more {label}")
@@ -283,16 +285,34 @@ def cmd_reap(ctx: Context) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    """A duration in seconds, more than zero: a negative timeout would crash live jobs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def _name_seconds(text: str) -> tuple[str, float]:
     """``NAME=SECONDS`` of a per-job-name threshold."""
     name, sep, seconds = text.rpartition("=")
-    try:
-        value = float(seconds)
-    except ValueError:
-        value = -1.0
-    if not sep or not name or value < 0:
+    if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}")
-    return name, value
+    return name, _positive_seconds(seconds)
 
 
 def cmd_db_upgrade(ctx: Context) -> int:
@@ -411,9 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     reap = add("reap", cmd_reap, "mark silent running jobs crashed, long-queued ones stalled", read)
     reap.add_argument(
-        "--heartbeat-timeout", type=float, metavar="S", help="running without a heartbeat for S s"
+        "--heartbeat-timeout",
+        type=_positive_seconds,
+        metavar="S",
+        help="running without a heartbeat for S s (60)",
     )
-    reap.add_argument("--stalled-after", type=float, metavar="S", help="queued for longer than S s")
+    reap.add_argument(
+        "--missed-heartbeats",
+        type=_positive_count,
+        metavar="N",
+        help="and missed N heartbeats at the interval its worker recorded (3)",
+    )
+    reap.add_argument(
+        "--stalled-after", type=_positive_seconds, metavar="S", help="queued for longer than S s"
+    )
     reap.add_argument(
         "--heartbeat-timeout-for",
         type=_name_seconds,
