@@ -1,31 +1,34 @@
-"""``jobtrace web``: a small read-only dashboard over the lineage store, linking into the traces.
+"""The dashboard: a read-only WSGI application over the lineage store, linking into the traces.
 
-Server-rendered HTML from the standard library alone (no dependency, no JavaScript), so it runs in
-any worker image. Every page has a JSON twin under ``/api``:
+Mount it in any WSGI host under a prefix (authentication is then the host's), or run it alone
+with ``jobtrace web``. Every page has a JSON twin under ``/api`` built from the same view, and
+pages update themselves while work is in progress. Needs ``pip install 'jobtrace[web]'``
+(Jinja2). The guide is ``docs/web.md``::
 
-    /                 /api/runs           the latest runs and their health
-    /runs/ROOT        /api/runs/ROOT      the per-stage table, stuck ⚠ and failing ✗ stages
-    /jobs/ID          /api/jobs/ID        one job: fields, path, cause, children, attempts
-
-Trace links follow a template with ``{trace_id}`` (``--trace-url``, else ``JOBTRACE_TRACE_URL``,
-else Jaeger on ``localhost:16686``)::
-
-    from jobtrace.web import serve
-    serve("postgresql+psycopg://jobs@db/lineage", port=8080)
+    from jobtrace.web import create_app
+    dashboard = create_app("postgresql+psycopg://jobs@db/lineage", base_path="/jobtrace")
 """
 
 from __future__ import annotations
 
-from jobtrace.web.app import App
-from jobtrace.web.links import DEFAULT_TRACE_URL, Links, trace_template
+from jobtrace.web.app import DashboardApp, create_app
+from jobtrace.web.auth import Credentials
+from jobtrace.web.health import FAILING_SHARE, Health, run_health
+from jobtrace.web.links import DEFAULT_TRACE_URL, Links, Urls, trace_template
 from jobtrace.web.server import DashboardServer, make_server, serve
 
 __all__ = [
     "DEFAULT_TRACE_URL",
-    "App",
+    "FAILING_SHARE",
+    "Credentials",
+    "DashboardApp",
     "DashboardServer",
+    "Health",
     "Links",
+    "Urls",
+    "create_app",
     "make_server",
+    "run_health",
     "serve",
     "trace_template",
 ]

@@ -1,12 +1,13 @@
-"""Every URL the dashboard writes: its own pages, and trace links into the tracing UI.
+"""Every URL the dashboard writes: its own pages under its mount prefix, and trace links.
 
 Ids are percent-encoded as one path segment (``/`` included), so a hostile id can neither break out
-of its segment nor inject markup; the HTML layer still escapes the whole URL for the attribute.
+of its segment nor inject markup; templates still escape the whole URL for the attribute.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -14,8 +15,7 @@ __all__ = [
     "DEFAULT_TRACE_URL",
     "TRACE_URL_ENV",
     "Links",
-    "job_path",
-    "run_path",
+    "Urls",
     "trace_template",
 ]
 
@@ -23,31 +23,45 @@ __all__ = [
 DEFAULT_TRACE_URL = "http://localhost:16686/trace/{trace_id}"
 TRACE_URL_ENV = "JOBTRACE_TRACE_URL"
 PLACEHOLDER = "{trace_id}"
+# Browsers drop or fold these before parsing a URL (`java\nscript:`, `/\host`): none belongs in one.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f\\]")
 
 
 def trace_template(option: str | None = None) -> str:
     """The trace URL template: ``option``, else ``JOBTRACE_TRACE_URL``, else Jaeger's default.
 
+    Only two forms are links the dashboard can write safely: ``http(s)://host/...`` with the
+    ``{trace_id}`` outside the host, and a path on the dashboard's own site (``/jaeger/...``).
+
     Raises:
-        ValueError: The template has no ``{trace_id}`` or is not an http(s) or site-relative URL
-            (a ``javascript:`` link would run in the dashboard's page).
+        ValueError: The template has no ``{trace_id}`` or is of another form: another scheme (a
+            ``javascript:`` link would run in the dashboard's page), protocol-relative
+            (``//host``, which goes wherever the trace id or the template says), or holding
+            spaces, control characters or backslashes that browsers read differently.
     """
     template = option or os.environ.get(TRACE_URL_ENV) or DEFAULT_TRACE_URL
     if PLACEHOLDER not in template:
         raise ValueError(f"the trace URL template {template!r} has no {PLACEHOLDER}")
-    if urlsplit(template).scheme.lower() not in ("http", "https", ""):
-        raise ValueError(f"the trace URL template {template!r} is not an http(s) URL")
+    if not _safe_template(template):
+        raise ValueError(
+            f"the trace URL template {template!r} is neither an http(s)://host/... URL nor a"
+            " path starting with a single /"
+        )
     return template
 
 
-def run_path(job_id: str, *, api: bool = False) -> str:
-    """The page of the run rooted at ``job_id`` (its JSON twin with ``api``)."""
-    return f"{'/api' if api else ''}/runs/{_segment(job_id)}"
-
-
-def job_path(job_id: str, *, api: bool = False) -> str:
-    """The page of one job (its JSON twin with ``api``)."""
-    return f"{'/api' if api else ''}/jobs/{_segment(job_id)}"
+def _safe_template(template: str) -> bool:
+    if _UNSAFE.search(template):
+        return False
+    if template.startswith("/"):
+        return not template.startswith("//")
+    parts = urlsplit(template)
+    return (
+        parts.scheme.lower() in ("http", "https")
+        and template.lower().startswith(f"{parts.scheme.lower()}://")
+        and bool(parts.netloc)
+        and PLACEHOLDER not in parts.netloc
+    )
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,41 @@ class Links:
         if not trace_id:
             return None
         return self.trace_url.replace(PLACEHOLDER, _segment(trace_id))
+
+
+@dataclass(frozen=True)
+class Urls:
+    """The dashboard's own URLs under the prefix it is mounted at (``""`` at the site's root).
+
+    Args:
+        prefix: Already percent-encoded, without a trailing ``/`` (``/ops/jobtrace``).
+    """
+
+    prefix: str = ""
+
+    def home(self) -> str:
+        """The runs page."""
+        return f"{self.prefix}/"
+
+    def runs(self, *, api: bool = False) -> str:
+        """The runs page, or its JSON twin."""
+        return f"{self.prefix}/api/runs" if api else self.home()
+
+    def run(self, job_id: str, *, api: bool = False) -> str:
+        """The page of the run rooted at ``job_id`` (its JSON twin with ``api``)."""
+        return f"{self.prefix}{'/api' if api else ''}/runs/{_segment(job_id)}"
+
+    def job(self, job_id: str, *, api: bool = False) -> str:
+        """The page of one job (its JSON twin with ``api``)."""
+        return f"{self.prefix}{'/api' if api else ''}/jobs/{_segment(job_id)}"
+
+    def lookup(self) -> str:
+        """Where the front page's job lookup form goes."""
+        return f"{self.prefix}/jobs"
+
+    def static(self, name: str) -> str:
+        """A stylesheet or script the app serves itself."""
+        return f"{self.prefix}/static/{_segment(name)}"
 
 
 def _segment(text: str) -> str:

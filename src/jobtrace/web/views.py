@@ -1,18 +1,25 @@
-"""What each page shows, fetched from the store once and shared by its HTML and its JSON twin.
+"""What each page shows, read from one snapshot of the store and shared by its HTML and its JSON twin.
 
 Gathering the data apart from drawing it keeps the two forms of a page from drifting: the JSON twin
-is the view itself, plus the derived numbers and trace links the HTML shows.
+is the view itself, plus the derived numbers and trace links the HTML shows. Every view carries
+``as_of`` (the moment its snapshot shows) and ``live`` (whether work is still in progress, so the
+page keeps polling).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from jobtrace.cli.render import state_order
 from jobtrace.lineage.export import jsonable
 from jobtrace.lineage.queries import (
+    ACTIVE,
     FAILURES,
+    SCHEDULED,
     STUCK_AFTER,
     JobRow,
     LineageStore,
@@ -21,14 +28,17 @@ from jobtrace.lineage.queries import (
     RunSummary,
     Why,
 )
+from jobtrace.web.health import Health, run_health
 from jobtrace.web.links import Links
 
 __all__ = [
     "JobView",
+    "RunEntry",
     "RunView",
     "RunsView",
     "StageRow",
     "Thresholds",
+    "View",
     "job_view",
     "run_view",
     "runs_view",
@@ -36,6 +46,7 @@ __all__ = [
 ]
 
 Flag = Literal["stuck", "failing"]
+_STILL_TO_DO = frozenset((*ACTIVE, SCHEDULED))
 
 
 @dataclass(frozen=True)
@@ -49,12 +60,26 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class RunEntry:
+    """One run of the front page and its health."""
+
+    summary: RunSummary
+    health: Health
+
+
+@dataclass(frozen=True)
 class RunsView:
     """The front page: the latest runs."""
 
-    runs: tuple[RunSummary, ...]
+    runs: tuple[RunEntry, ...]
     limit: int
     name: str | None
+    as_of: datetime
+
+    @property
+    def live(self) -> bool:
+        """Always: a new run may start at any time."""
+        return True
 
 
 @dataclass(frozen=True)
@@ -75,11 +100,28 @@ class RunView:
     overview: Overview
     rows: tuple[StageRow, ...]
     thresholds: Thresholds
+    health: Health
+    as_of: datetime
 
     @property
     def total(self) -> int:
         """Jobs in the run."""
         return sum(row.count for row in self.rows)
+
+    @property
+    def live(self) -> bool:
+        """Whether some job of the run is still to do."""
+        return any(row.state in _STILL_TO_DO and row.count for row in self.rows)
+
+    @property
+    def stage_count(self) -> int:
+        """Stages in the run."""
+        return len({(row.depth, row.name) for row in self.rows})
+
+    @property
+    def failing_keys(self) -> frozenset[tuple[int, str]]:
+        """``(depth, name)`` of the failing stages."""
+        return frozenset((stage.depth, stage.name) for stage in self.overview.failing)
 
     def stage_total(self, depth: int, name: str) -> int:
         """Jobs of one stage (the share a failure group is of its stage)."""
@@ -94,6 +136,7 @@ class JobView:
     progress: Progress
     children: tuple[JobRow, ...]
     limit: int
+    as_of: datetime
 
     @property
     def job(self) -> JobRow:
@@ -105,19 +148,39 @@ class JobView:
         """Children not listed because of the limit."""
         return max(0, self.progress.total - len(self.children))
 
+    @property
+    def live(self) -> bool:
+        """Whether the job or one of its children is still to do."""
+        p = self.progress
+        return self.job.state in _STILL_TO_DO or bool(p.pending or p.running)
 
-def runs_view(store: LineageStore, limit: int, name: str | None) -> RunsView:
-    """The latest ``limit`` runs, optionally of one root job name."""
-    return RunsView(tuple(store.runs(limit, name=name)), limit, name)
+
+View = RunsView | RunView | JobView
 
 
-def run_view(store: LineageStore, root_id: str, thresholds: Thresholds) -> RunView:
+def runs_view(store: LineageStore, limit: int, name: str | None, as_of: datetime) -> RunsView:
+    """The latest ``limit`` runs, optionally of one root job name, each with its health.
+
+    Only runs with jobs still to do are asked for stuck stages: a finished run cannot be stuck.
+    """
+    entries = []
+    for summary in store.runs(limit, name=name):
+        stuck = 0
+        if summary.active:
+            stages = store.stuck_stages(summary.root.job_id, STUCK_AFTER, now=as_of, samples=1)
+            stuck = len({(stage.depth, stage.name) for stage in stages})
+        entries.append(RunEntry(summary, run_health(summary, stuck_stages=stuck)))
+    return RunsView(tuple(entries), limit, name, as_of)
+
+
+def run_view(store: LineageStore, root_id: str, thresholds: Thresholds, as_of: datetime) -> RunView:
     """The run rooted at ``root_id``, stuck and failing rows flagged as ``jobtrace stats`` does."""
     overview = store.overview(
         root_id,
         stuck_after=thresholds.stuck_after,
         min_failures=thresholds.min_failures,
         min_ratio=thresholds.fail_ratio,
+        now=as_of,
     )
     # Stuck flags go on active states, failing ones on failure states: a row gets one at most.
     flags: dict[tuple[int, str, str], Flag] = {}
@@ -136,27 +199,46 @@ def run_view(store: LineageStore, root_id: str, thresholds: Thresholds) -> RunVi
         for stage in sorted(overview.tree.stages, key=lambda s: (s.depth, s.name))
         for state, count in ((s, stage.states[s]) for s in state_order(stage.states))
     )
-    return RunView(overview, rows, thresholds)
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row.state] = states.get(row.state, 0) + row.count
+    summary = RunSummary(overview.root, sum(states.values()), states)
+    stuck_stages = len({(stage.depth, stage.name) for stage in overview.stuck})
+    health = run_health(summary, stuck_stages=stuck_stages)
+    return RunView(overview, rows, thresholds, health, as_of)
 
 
-def job_view(store: LineageStore, job_id: str, limit: int) -> JobView:
+def job_view(store: LineageStore, job_id: str, limit: int, as_of: datetime) -> JobView:
     """One job with its path, related failure, attempts, and up to ``limit`` children."""
-    why = store.why(job_id)
+    why = store.why(job_id, now=as_of)
     progress = store.progress(job_id, limit=limit)
     children = tuple(store.children(job_id, limit=limit))
-    return JobView(why, progress, children, limit)
+    return JobView(why, progress, children, limit, as_of)
 
 
-def to_json(view: RunsView | RunView | JobView, links: Links) -> Any:
-    """The JSON twin of a page: the view's data as ``--json`` shapes it, plus trace URLs."""
+def to_json(view: View, links: Links) -> dict[str, Any]:
+    """The JSON twin of a page: the view's data as ``--json`` shapes it, plus trace URLs.
+
+    ``version`` changes whenever anything but ``as_of`` does: a page polling its twin compares it
+    with the version it was drawn from to know when to redraw.
+    """
+    document = _document(view, links)
+    document["live"] = view.live
+    document["version"] = _version(document)
+    document["as_of"] = view.as_of.isoformat()
+    return document
+
+
+def _document(view: View, links: Links) -> dict[str, Any]:
     if isinstance(view, RunsView):
         return {
             "runs": [
                 {
-                    **_with(run, "health", "failures", "active"),
-                    "trace_url": links.trace(run.root.trace_id),
+                    **_with(entry.summary, "failures", "active"),
+                    **_health(entry.health),
+                    "trace_url": links.trace(entry.summary.root.trace_id),
                 }
-                for run in view.runs
+                for entry in view.runs
             ],
             "limit": view.limit,
             "name": view.name,
@@ -167,6 +249,7 @@ def to_json(view: RunsView | RunView | JobView, links: Links) -> Any:
             "root": jsonable(root),
             "trace_url": links.trace(root.trace_id),
             "total": view.total,
+            **_health(view.health),
             "stages": jsonable(view.rows),
             "overview": jsonable(view.overview),
             "thresholds": jsonable(view.thresholds),
@@ -188,6 +271,32 @@ def to_json(view: RunsView | RunView | JobView, links: Links) -> Any:
     }
 
 
+def _health(health: Health) -> dict[str, Any]:
+    return {
+        "health": health.state,
+        "failure_share": health.share,
+        "stuck_stages": health.stuck_stages,
+    }
+
+
 def _with(value: Any, *properties: str) -> dict[str, Any]:
     """``value`` as JSON plus some of its derived properties, like the CLI's ``--json``."""
     return {**jsonable(value), **{name: jsonable(getattr(value, name)) for name in properties}}
+
+
+#: Numbers that grow with the clock alone: no reason to redraw a page.
+_CLOCK_ONLY = frozenset({"idle_seconds"})
+
+
+def _version(document: dict[str, Any]) -> str:
+    """A digest of what the store said, leaving out what only the clock changed."""
+    text = json.dumps(_without_clock(document), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _without_clock(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_clock(v) for k, v in value.items() if k not in _CLOCK_ONLY}
+    if isinstance(value, list):
+        return [_without_clock(item) for item in value]
+    return value
