@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from jobtrace._internal.config import Relationship
-from jobtrace._internal.consumer import trace_job
-from jobtrace._internal.producer import Enqueue
-from jobtrace._internal.redaction import call_args
+from jobtrace import Enqueue, Relationship, trace_job
+from jobtrace.instrumentation import call_args
 
 logger = logging.getLogger("jobtrace")
 

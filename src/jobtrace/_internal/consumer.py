@@ -16,6 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from jobtrace import records
@@ -53,7 +54,8 @@ class JobRun:
     ``span`` adopts a span another instrumentation already started for this run (the
     ``opentelemetry-instrumentation-celery`` one, say) instead of starting a second one: jobtrace
     sets its attributes, links and outcome on it and records the lineage, and leaves recording
-    the exception and ending the span to its owner.
+    the exception and ending the span to its owner. ``tracer_provider`` and ``meter_provider``
+    (an instrumentor's) replace the global providers for this run's span, metrics and flush.
     """
 
     def __init__(
@@ -69,6 +71,8 @@ class JobRun:
         will_retry: RetryDecision = False,
         flush: bool | None = None,
         span: Span | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.metadata = metadata
         self.name = name
@@ -80,6 +84,8 @@ class JobRun:
         self.will_retry = will_retry
         self.flush = flush
         self.adopted_span = span
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
         self.state: JobState | None = None
         self.info: records.JobInfo | None = None
         self._job: current.ActiveJob | None = None
@@ -139,7 +145,7 @@ class JobRun:
             attributes[semconv.JOB_ARGS] = recorded_args
         span = self.adopted_span
         if span is None:
-            span = tracer().start_span(
+            span = tracer(self.tracer_provider).start_span(
                 f"process {self.name}",
                 context=parent_context,
                 kind=SpanKind.CONSUMER,
@@ -169,7 +175,9 @@ class JobRun:
         self._job_token = current._current.set(self._job)
         self.state = JobState.RUNNING
         if queue_wait is not None:
-            instruments().queue_wait.record(queue_wait, self._metric_attributes())
+            instruments(self.meter_provider).queue_wait.record(
+                queue_wait, self._metric_attributes()
+            )
         if records.has_sinks():
             records.emit(
                 records.started(
@@ -264,7 +272,7 @@ class JobRun:
             span.end()
         finished = time.time()
         metric_attributes = self._metric_attributes(outcome)
-        metrics = instruments()
+        metrics = instruments(self.meter_provider)
         metrics.duration.record(finished - self._started_at, metric_attributes)
         metrics.outcomes.add(tuple(metric_attributes.items()))
         if records.has_sinks():
@@ -284,7 +292,7 @@ class JobRun:
             )
         flush_now = self.flush if self.flush is not None else settings.flush_on_job_end
         if flush_now or (flush_now is None and in_forked_child()):
-            flush(settings.flush_timeout)
+            flush(settings.flush_timeout, (self.tracer_provider, self.meter_provider))
 
     def _decide_retry(self, error: BaseException) -> bool:
         decision = self.will_retry

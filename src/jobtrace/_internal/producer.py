@@ -41,7 +41,7 @@ class Enqueue:
 
     ``span`` adopts a send span another instrumentation already started for this job instead of
     starting a second one: jobtrace sets its attributes on it and writes the metadata, and leaves
-    ending the span to its owner.
+    ending the span to its owner. ``tracer_provider`` (an instrumentor's) replaces the global one.
     """
 
     def __init__(
@@ -56,6 +56,7 @@ class Enqueue:
         system: str = "jobtrace",
         carrier: MutableMapping[str, Any] | None = None,
         span: trace.Span | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -68,6 +69,7 @@ class Enqueue:
         self.metadata: MutableMapping[str, Any] = {} if carrier is None else carrier
         self.relationship: Relationship = "child"
         self.adopted_span = span
+        self.tracer_provider = tracer_provider
         self._span: trace.Span | None = None
 
     def start(self) -> MutableMapping[str, Any]:
@@ -119,7 +121,7 @@ class Enqueue:
             attributes[semconv.JOB_ARGS] = recorded_args
         span = self.adopted_span
         if span is None:
-            span = tracer().start_span(
+            span = tracer(self.tracer_provider).start_span(
                 f"send {self.name}", kind=SpanKind.PRODUCER, attributes=attributes
             )
         else:

@@ -1,7 +1,8 @@
 """The tracer and the metric instruments jobtrace writes with, and flushing them.
 
 Looked up from the global providers and cached per provider, so an application (or a test) that
-installs its providers after importing jobtrace is honoured without a lookup on every job.
+installs its providers after importing jobtrace is honoured without a lookup on every job. An
+instrumentor given its own providers (``tracer_provider=``, ``meter_provider=``) passes them on.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Histogram, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
 from jobtrace import records
 from jobtrace._internal import semconv
@@ -24,10 +26,24 @@ logger = logging.getLogger("jobtrace")
 SCOPE = "jobtrace"
 
 _tracer_cache: tuple[object, trace.Tracer] | None = None
+# Tracers and instruments of the providers instrumentors were given, made once per provider.
+_given_tracers: weakref.WeakKeyDictionary[trace.TracerProvider, trace.Tracer] = (
+    weakref.WeakKeyDictionary()
+)
+_given_instruments: weakref.WeakKeyDictionary[MeterProvider, Instruments] = (
+    weakref.WeakKeyDictionary()
+)
+_given_lock = threading.Lock()
 
 
-def tracer() -> trace.Tracer:
-    """jobtrace's tracer from the current global tracer provider."""
+def tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
+    """jobtrace's tracer from ``provider``, else from the current global tracer provider."""
+    if provider is not None:
+        found = _given_tracers.get(provider)
+        if found is None:
+            with _given_lock:
+                found = _given_tracers.setdefault(provider, provider.get_tracer(SCOPE, __version__))
+        return found
     global _tracer_cache
     provider = trace.get_tracer_provider()
     cached = _tracer_cache
@@ -104,21 +120,35 @@ class Instruments:
 _instruments_cache: tuple[object, Instruments] | None = None
 
 
-def instruments() -> Instruments:
-    """jobtrace's metric instruments from the current global meter provider."""
+def instruments(provider: MeterProvider | None = None) -> Instruments:
+    """jobtrace's metric instruments from ``provider``, else from the current global meter provider."""
+    if provider is not None:
+        found = _given_instruments.get(provider)
+        if found is None:
+            with _given_lock:  # made once: each registers the outcome counter's callback
+                found = _given_instruments.get(provider)
+                if found is None:
+                    found = _given_instruments[provider] = _create_instruments(provider)
+        return found
     global _instruments_cache
     provider = metrics.get_meter_provider()
     cached = _instruments_cache
     if cached is not None and cached[0] is provider:
         return cached[1]
-    meter = provider.get_meter(SCOPE, __version__)
+    new = _create_instruments(provider)
+    _instruments_cache = (provider, new)
+    return new
+
+
+def _create_instruments(provider: MeterProvider) -> Instruments:
+    meter: Meter = provider.get_meter(SCOPE, __version__)
     meter.create_observable_counter(
         semconv.METRIC_OUTCOMES,
         callbacks=[OUTCOMES.callback()],
         unit="{job}",
         description="Job runs by outcome.",
     )
-    new = Instruments(
+    return Instruments(
         duration=meter.create_histogram(
             semconv.METRIC_DURATION, unit="s", description="How long job runs take."
         ),
@@ -129,8 +159,6 @@ def instruments() -> Instruments:
         ),
         outcomes=OUTCOMES,
     )
-    _instruments_cache = (provider, new)
-    return new
 
 
 _main_pid = os.getpid()
@@ -151,10 +179,17 @@ def in_forked_child() -> bool:
     return _in_forked_child
 
 
-def flush(timeout: float) -> None:
-    """Push out spans, metrics and lineage records now; never raises, never waits past ``timeout``."""
+def flush(timeout: float, providers: Iterable[object] = ()) -> None:
+    """Push out spans, metrics and lineage records now; never raises, never waits past ``timeout``.
+
+    Args:
+        timeout: Seconds.
+        providers: Tracer and meter providers to flush besides the global ones (``None`` skipped).
+    """
     millis = max(1, int(timeout * 1000))
-    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+    targets: list[object] = [trace.get_tracer_provider(), metrics.get_meter_provider()]
+    targets += [p for p in providers if p is not None and all(p is not t for t in targets)]
+    for provider in targets:
         force_flush = getattr(provider, "force_flush", None)
         if force_flush is None:
             continue

@@ -1,5 +1,6 @@
-"""Instrumentors for job queues: one module per library, each depending on the core only.
+"""Instrumentors for job queues: one package per library, each depending on the core only.
 
-Each module imports its library at top level, so ``opentelemetry-instrument`` skips it quietly when
-the library is not installed.
+Each is built on :mod:`jobtrace.instrumentation`. A package's ``__init__`` never imports its library;
+its ``_instrumentor`` module does, at top level, so ``opentelemetry-instrument`` skips the entry
+point quietly when the library is not installed, while ``instrument_<lib>()`` says what to install.
 """

@@ -23,6 +23,11 @@ from arq.constants import job_key_prefix
 from arq.jobs import JobStatus
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from jobtrace import JobState
@@ -199,6 +204,40 @@ async def test_worker_without_jobtrace_runs_instrumented_jobs(
     assert info.kwargs == {"factor": 5}
     await run_burst(make_worker(pool))
     assert await job.result(timeout=5) == 10
+
+
+async def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(
+    telemetry: CapturedTelemetry, pool: ArqRedis
+) -> None:
+    """instrument(tracer_provider=, meter_provider=): send and job spans and metrics go there."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    instrument_arq(
+        record=False,
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    job = await pool.enqueue_job("quick", 3)
+    assert job is not None
+    await run_burst(make_worker(pool))
+
+    assert await job.result(timeout=5) == 6
+    assert sorted(s.name for s in spans.get_finished_spans()) == ["process quick", "send quick"]
+    assert telemetry.spans() == []
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert "jobtrace.job.duration" in names
+
+
+def test_instrument_arq_without_arq_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without arq, instrument_arq() raises ModuleNotFoundError naming the extra."""
+    monkeypatch.setitem(sys.modules, "arq", None)
+    monkeypatch.delitem(sys.modules, "jobtrace.integrations.arq._instrumentor")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'jobtrace\[arq\]'"):
+        instrument_arq()
 
 
 async def test_duplicate_job_id_sends_nothing(telemetry: CapturedTelemetry, pool: ArqRedis) -> None:

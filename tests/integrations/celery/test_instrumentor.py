@@ -14,6 +14,11 @@ import pytest
 from celery import Celery, signals
 from kombu.exceptions import OperationalError
 from opentelemetry.instrumentation.celery import CeleryInstrumentor as ContribInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 import jobtrace
@@ -199,6 +204,51 @@ def test_eager_retries_and_failures(
     assert broken.attributes is not None
     assert broken.attributes["jobtrace.job.outcome"] == "failed"
     assert broken.attributes["error.type"] == "ValueError"
+
+
+def test_eager_children_follow_the_fan_out_rule(instrumentor: CeleryInstrumentor) -> None:
+    """Eager children past link_after_fanout are linked to their caller, as published ones are."""
+    with capture_telemetry(settings={"link_after_fanout": 1}) as telemetry:
+        instrument_celery(record=False)
+        memory_app(eager=True).tasks["Parent"].delay(2)
+
+    (parent,) = telemetry.process_spans("Parent")
+    nested, linked = telemetry.process_spans("Child")
+    assert [(s.attributes or {})["jobtrace.relationship"] for s in (nested, linked)] == [
+        "child",
+        "link",
+    ]
+    assert nested.context.trace_id == parent.context.trace_id
+    assert linked.context.trace_id != parent.context.trace_id
+    assert [link.context.span_id for link in linked.links] == [parent.context.span_id]
+    for child in (nested, linked):
+        assert (child.attributes or {})["jobtrace.job.parent_id"] == (parent.attributes or {})[
+            "jobtrace.job.id"
+        ]
+
+
+def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(
+    instrumentor: CeleryInstrumentor, telemetry: CapturedTelemetry
+) -> None:
+    """instrument(tracer_provider=, meter_provider=): send and task spans and metrics go there."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    instrument_celery(
+        record=False,
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    memory_app().tasks["Child"].delay(1)
+    memory_app(eager=True).tasks["Child"].delay(2)
+
+    assert sorted(s.name for s in spans.get_finished_spans()) == ["process Child", "send Child"]
+    assert telemetry.spans() == []
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert "jobtrace.job.duration" in names
 
 
 def test_publish_writes_the_metadata_into_the_headers(

@@ -15,6 +15,11 @@ import pytest
 from dramatiq.broker import Broker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, Retries
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import jobtrace
 from jobtrace.integrations.dramatiq import (
@@ -187,6 +192,44 @@ def test_malformed_metadata_costs_a_warning_not_the_job(
         assert span["attributes"]["jobtrace.job.depth"] == 0
     assert sum("malformed metadata" in r.getMessage() for r in caplog.records) == 2
     broker.close()
+
+
+def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(
+    instrumentor: DramatiqInstrumentor, spans_path: Path
+) -> None:
+    """instrument(tracer_provider=, meter_provider=): send and job spans and metrics go there."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    broker = StubBroker()
+    instrument_dramatiq(
+        broker,
+        record=False,
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    ok, _, _ = declare(broker)
+    ok.send()
+    run_messages(broker)
+
+    assert sorted(s.name for s in spans.get_finished_spans()) == ["process Ok", "send Ok"]
+    assert read_spans(spans_path) == []
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert "jobtrace.job.duration" in names
+    broker.close()
+
+
+def test_instrument_dramatiq_without_dramatiq_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without Dramatiq, instrument_dramatiq() raises ModuleNotFoundError naming the extra."""
+    monkeypatch.setitem(sys.modules, "dramatiq", None)
+    monkeypatch.delitem(sys.modules, "jobtrace.integrations.dramatiq._instrumentor")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'jobtrace\[dramatiq\]'"):
+        instrument_dramatiq()
 
 
 def test_delayed_message_keeps_its_first_send(

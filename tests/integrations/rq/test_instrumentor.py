@@ -9,6 +9,11 @@ import sys
 from datetime import timedelta
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rq import Queue, Retry, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.worker import Worker
@@ -173,6 +178,41 @@ def test_malformed_metadata_costs_a_warning_not_the_job(
     assert run["parent_span_id"] is None
     assert _attribute(run, "jobtrace.job.depth") == 0
     assert "malformed metadata" in caplog.text
+
+
+def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(rq_setup: RQSetup) -> None:
+    """instrument(tracer_provider=, meter_provider=): send and job spans and metrics go there."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    RQInstrumentor().uninstrument()
+    instrument_rq(
+        record=False,
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    job = rq_setup.queue.enqueue(jobs.quick, 4)
+    _work(rq_setup)
+
+    assert job.return_value() == 4
+    assert sorted(s.name for s in spans.get_finished_spans()) == [
+        "process tests.integrations.rq.jobs.quick",
+        "send tests.integrations.rq.jobs.quick",
+    ]
+    assert rq_setup.spans() == []
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert "jobtrace.job.duration" in names
+
+
+def test_instrument_rq_without_rq_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without RQ, instrument_rq() raises ModuleNotFoundError naming the extra."""
+    monkeypatch.setitem(sys.modules, "rq", None)
+    monkeypatch.delitem(sys.modules, "jobtrace.integrations.rq._instrumentor")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'jobtrace\[rq\]'"):
+        instrument_rq()
 
 
 def test_job_state_maps_every_rq_status() -> None:

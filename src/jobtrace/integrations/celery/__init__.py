@@ -30,14 +30,15 @@ Keywords of ``instrument()`` / :func:`instrument_celery`:
 
 - ``record``: record lineage in the store (default: on, unless ``JOBTRACE_RECORD=0``).
 - ``database_url``: the lineage store (default: ``JOBTRACE_DATABASE_URL``).
+- ``tracer_provider``, ``meter_provider``: the providers of the task spans and metrics (default:
+  the global ones).
 - ``flush_on_job_end``: flush spans, metrics and records after each task (default: in processes
   forked after jobtrace was imported, such as prefork pool children, so that a child killed later
   loses nothing of the tasks it finished).
 - ``shutdown_flush_timeout``: longest wait for the flush when a worker or pool child exits, in
   seconds (default: jobtrace's ``flush_timeout`` setting).
 
-Spans and metrics go to the global OpenTelemetry providers; the relationship policy, redaction and
-limits are jobtrace's settings (:func:`jobtrace.configure`).
+The relationship policy, redaction and limits are jobtrace's settings (:func:`jobtrace.configure`).
 
 Where the metadata travels
 --------------------------
@@ -67,7 +68,7 @@ is published by the header task that completes it last: it becomes that task's c
 ``link_error`` callbacks are children of the task they hang on. A canvas applied outside any job has
 one root per task it publishes first. ``task_always_eager`` runs tasks in place: they are never
 published, so they get no ``send`` span; each is the child of the job that called it, its span
-nested in the caller's.
+nested in the caller's (a new trace linked to it when the relationship policy says ``link``).
 
 Outcomes
 --------
@@ -118,6 +119,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from jobtrace.instrumentation import import_integration
+
 if TYPE_CHECKING:
     from celery import Celery
 
@@ -145,24 +148,16 @@ def instrument_celery(app: Celery | None = None, **kwargs: Any) -> CeleryInstrum
     Args:
         app: The app to check: one sending task protocol 1 gets a warning, as its messages
             cannot carry the metadata. Signals are process-wide: every app is traced anyway.
-        **kwargs: ``record``, ``database_url``, ``flush_on_job_end``, ``shutdown_flush_timeout``
-            (see the module's guide).
+        **kwargs: ``record``, ``database_url``, ``tracer_provider``, ``meter_provider``,
+            ``flush_on_job_end``, ``shutdown_flush_timeout`` (see the module's guide).
 
     Raises:
         ModuleNotFoundError: Celery is not installed (``pip install 'jobtrace[celery]'``).
     """
-    try:
-        from jobtrace.integrations.celery._instrumentor import CeleryInstrumentor
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in _CELERY_PACKAGES:
-            raise
-        raise ModuleNotFoundError(
-            f"jobtrace's Celery integration needs Celery ({error}): pip install 'jobtrace[celery]'",
-            name=error.name,
-        ) from error
-    instrumentor = CeleryInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(**kwargs)
+    module = import_integration(
+        _INSTRUMENTOR_MODULE, library="Celery", extra="celery", packages=_CELERY_PACKAGES
+    )
+    instrumentor: CeleryInstrumentor = module.CeleryInstrumentor.instrument_once(**kwargs)
     if app is not None:
         instrumentor.check_app(app)
     return instrumentor

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -21,25 +21,27 @@ import celery
 from celery import signals, states
 from celery.exceptions import Reject, Retry
 from celery.utils.dispatch.signal import Signal
-from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
-    BaseInstrumentor,  # (the module's __all__ is empty)
-)
+from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from jobtrace import Enqueue, JobRun, JobState, current_job, flush, get_settings
-from jobtrace._internal.metadata import KEY_ATTEMPT, KEY_JOB_ID, write_lineage
-from jobtrace._internal.redaction import call_args
-from jobtrace.integrations._common import start_recording
+from jobtrace import JobRun, JobState
+from jobtrace.instrumentation import (
+    KEY_ATTEMPT,
+    KEY_JOB_ID,
+    KEY_PREFIX,
+    Options,
+    QueueInstrumentor,
+    SendIncompleteError,
+    SendTracker,
+    call_args,
+    metadata_entries,
+)
 
 __all__ = ["SYSTEM", "CeleryInstrumentor"]
 
 logger = logging.getLogger("jobtrace")
 
-_instruments = ("celery >= 5.3, < 6.0",)
-
 SYSTEM = "celery"
-_OURS = "jobtrace-"
 _CONTRIB_MODULE = "opentelemetry.instrumentation.celery"
 
 # Celery signals whose receivers open something (a span, an attached context) and the ones that
@@ -62,39 +64,31 @@ class _ThreadState(threading.local):
     """Per-thread bookkeeping: Celery sends a task's signals from the thread that runs it."""
 
     def __init__(self) -> None:
-        self.sending: dict[str, Enqueue] = {}
         self.running: dict[str, list[_Running]] = {}  # a stack per task id, for eager re-entry
-        self.eager_retries: dict[str, dict[str, str]] = {}
+        self.eager_retries: dict[str, dict[str, Any]] = {}
 
 
-class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class CeleryInstrumentor(QueueInstrumentor):
     """Connects jobtrace to Celery's signals; ``uninstrument()`` disconnects every receiver.
 
     A singleton, like every ``BaseInstrumentor``: instrumenting twice is a no-op with a warning.
     """
 
+    system = SYSTEM
+    dependencies = ("celery >= 5.3, < 6.0",)
     _state: _ThreadState
+    _sends: SendTracker
     _receivers: tuple[tuple[Signal, Callable[..., None]], ...] = ()
-    _record: bool | None = None
-    _database_url: str | None = None
-    _flush_on_job_end: bool | None = None
-    _shutdown_flush_timeout: float | None = None
     _order_key: tuple[object, ...] | None = None
     _deferring = False
     _order_lock = threading.Lock()
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        """The Celery versions this instrumentation supports."""
-        return _instruments
-
-    def _instrument(self, **kwargs: Any) -> None:
-        self._record = kwargs.get("record")
-        self._database_url = kwargs.get("database_url")
-        self._flush_on_job_end = kwargs.get("flush_on_job_end")
-        self._shutdown_flush_timeout = kwargs.get("shutdown_flush_timeout")
+    def _hook(self, options: Options) -> None:
         self._state = _ThreadState()
+        self._sends = SendTracker(
+            PublishIncompleteError, "the publish raised before it was confirmed"
+        )
         self._order_key = None
-        start_recording(self._record, self._database_url)
         self._receivers = (
             (signals.before_task_publish, self._before_publish),
             (signals.after_task_publish, self._after_publish),
@@ -112,13 +106,11 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             signal.connect(receiver, weak=False)
         self.order_after_contrib()
 
-    def _uninstrument(self, **kwargs: Any) -> None:
+    def _unhook(self) -> None:
         receivers, self._receivers = self._receivers, ()
         for signal, receiver in receivers:
             signal.disconnect(receiver)
-        state = self._state
-        for enqueue in state.sending.values():
-            enqueue.end()
+        self._sends.end_all()
         self._state = _ThreadState()
         self._deferring = False
         self._order_key = None
@@ -193,44 +185,32 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         name = headers.get("task") or sender
         if not isinstance(task_id, str) or not isinstance(name, str):
             return  # task protocol 1: the metadata has nowhere to go (see check_app)
-        state = self._state
-        self._end_unfinished_sends(state)
-        running = state.running.get(task_id)
+        self._sends.fail_unfinished()
+        running = self._state.running.get(task_id)
         if running:
             # task.retry() or task.replace() re-sends the running task under its own id.
             _carry_to_next_attempt(headers, running[-1])
             return
         if headers.get(KEY_JOB_ID) == task_id:
             return  # sent before (a broker-level resend): its metadata stays
-        for key in [k for k in headers if isinstance(k, str) and k.startswith(_OURS)]:
-            del headers[key]  # another job's keys, copied along with its headers
-        enqueue = Enqueue(
+        _drop_our_keys(headers)  # another job's keys, copied along with its headers
+        enqueue = self.options.send(
             name,
             queue=routing_key or None,
             job_id=task_id,
             args=_body_args(body),
             delay=_delay(headers.get("eta")),
-            system=SYSTEM,
             carrier=headers,
             span=self._adopt(),
         )
         enqueue.start()
-        state.sending[task_id] = enqueue
+        self._sends.track(task_id, enqueue)
 
     def _after_publish(self, sender: object = None, headers: Any = None, **kwargs: Any) -> None:
         """End the ``send`` span: the broker accepted the message."""
         task_id = headers.get("id") if isinstance(headers, Mapping) else None
         if isinstance(task_id, str):
-            enqueue = self._state.sending.pop(task_id, None)
-            if enqueue is not None:
-                enqueue.end()
-
-    @staticmethod
-    def _end_unfinished_sends(state: _ThreadState) -> None:
-        """A send whose ``after_task_publish`` never came raised in kombu: end it as failed."""
-        while state.sending:
-            _, enqueue = state.sending.popitem()
-            enqueue.end(PublishIncompleteError("the publish raised before it was confirmed"))
+            self._sends.complete(task_id)
 
     # -- worker side: a task run ------------------------------------------------------------------
 
@@ -249,18 +229,19 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         try:
             request = task.request
             carrier = _carrier(request)
+            queue = _queue(request.delivery_info)
+            call = call_args(args or (), kwargs or {})
+            adopted = self._adopt()
             if request.is_eager:
-                carrier = self._eager_metadata(carrier, task_id, task.name)
-            run = JobRun(
+                carrier = self._eager_metadata(carrier, task_id, task.name, queue, call, adopted)
+            run = self.options.job_run(
                 carrier,
                 name=task.name,
                 job_id=task_id,
-                queue=_queue(request.delivery_info),
+                queue=queue,
                 attempt=_attempt(request.retries, carrier),
-                system=SYSTEM,
-                args=call_args(args or (), kwargs or {}),
-                flush=self._flush_on_job_end,
-                span=self._adopt(),
+                args=call,
+                span=adopted,
             )
             run.start()
         except Exception:
@@ -268,23 +249,32 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         self._state.running.setdefault(task_id, []).append(_Running(run, carrier))
 
-    def _eager_metadata(self, carrier: dict[str, Any], task_id: str, name: str) -> dict[str, Any]:
-        """An eager task is never published: it becomes a child of the job that called it."""
+    def _eager_metadata(
+        self,
+        carrier: dict[str, Any],
+        task_id: str,
+        name: str,
+        queue: str | None,
+        args: Any,
+        adopted: Span | None,
+    ) -> dict[str, Any]:
+        """An eager task is never published: it is sent in process, as the caller's child.
+
+        Its retry (run in place too) carries the first attempt's metadata instead. Under contrib's
+        span the run is always its caller's child (contrib nests it so), whatever the policy.
+        """
         retry = self._state.eager_retries.pop(task_id, None)
         if retry is not None:
-            carrier = {**carrier, **retry}
-        parent = current_job()
-        if KEY_JOB_ID in carrier or parent is None:
-            return carrier
+            return {**carrier, **retry}
         carrier = dict(carrier)
-        write_lineage(
-            carrier,
+        _drop_our_keys(carrier)
+        self.options.send_in_process(
+            name,
             job_id=task_id,
-            parent_job_id=parent.job_id,
-            root_job_id=parent.root_job_id,
-            depth=parent.depth + 1,
-            enqueued_at=time.time(),
-            relationship=get_settings().relationship_for(name),
+            carrier=carrier,
+            queue=queue,
+            args=args,
+            relationship="child" if adopted is not None else None,
         )
         return carrier
 
@@ -309,7 +299,7 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except Exception:
             logger.warning("jobtrace: ending task %s failed", task_id, exc_info=True)
             running.run.finish()
-        self._end_unfinished_sends(self._state)
+        self._sends.fail_unfinished()
 
     def _finish(self, running: _Running, task: object, retval: Any, state: str | None) -> None:
         run = running.run
@@ -320,7 +310,9 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         elif state == states.RETRY:
             error = retval.exc if isinstance(retval, Retry) else retval
             if getattr(getattr(task, "request", None), "is_eager", False) and run.info:
-                self._state.eager_retries[run.info.job_id] = run.retry_metadata()
+                next_attempt: dict[str, Any] = {}
+                _carry_to_next_attempt(next_attempt, running)
+                self._state.eager_retries[run.info.job_id] = next_attempt
             run.finish(
                 error if isinstance(error, BaseException) else None,
                 will_retry=True,
@@ -427,14 +419,8 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ) -> None:
         """A job that ends without running: a short span with the outcome, and its record."""
         try:
-            run = JobRun(
-                dict(carrier),
-                name=name,
-                job_id=task_id,
-                queue=queue,
-                attempt=attempt,
-                system=SYSTEM,
-                flush=self._flush_on_job_end,
+            run = self.options.job_run(
+                dict(carrier), name=name, job_id=task_id, queue=queue, attempt=attempt
             )
             run.start()
             run.finish(error, will_retry=False, state=state, reason=reason)
@@ -458,7 +444,7 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _process_init(self, **kwargs: Any) -> None:
         """In each prefork child: the recorder runs here, and the receivers are in order."""
-        start_recording(self._record, self._database_url)
+        self.options.start_recording()
         self.order_after_contrib()
 
     def _shutdown(self, **kwargs: Any) -> None:
@@ -467,11 +453,10 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         A prefork child leaves with ``os._exit`` (after ``max_tasks_per_child`` tasks, too): no
         ``atexit`` handler runs there, so nothing buffered would get out otherwise.
         """
-        timeout = self._shutdown_flush_timeout
-        flush(get_settings().flush_timeout if timeout is None else timeout)
+        self.options.flush()
 
 
-class PublishIncompleteError(RuntimeError):
+class PublishIncompleteError(SendIncompleteError):
     """Kombu raised between ``before_task_publish`` and ``after_task_publish``."""
 
 
@@ -521,10 +506,8 @@ def _carrier(request: Any) -> dict[str, Any]:
     if KEY_JOB_ID not in carrier and request is not None:
         # Celery also copies every message header onto the request as an attribute: a request
         # built without ``headers`` (a custom Request class, an old Celery) still has them there.
-        fields = {field.lower() for field in propagate.get_global_textmap().fields}
-        for key, value in getattr(request, "__dict__", {}).items():
-            if isinstance(key, str) and (key.startswith(_OURS) or key.lower() in fields):
-                carrier.setdefault(key, value)
+        for key, value in metadata_entries(getattr(request, "__dict__", {})).items():
+            carrier.setdefault(key, value)
     return carrier
 
 
@@ -535,11 +518,14 @@ def _message_headers(message: Any) -> dict[str, Any]:
 
 def _carry_to_next_attempt(headers: MutableMapping[str, Any], running: _Running) -> None:
     """The running task is sent again: keep its lineage and trace context, link the attempts."""
-    fields = {field.lower() for field in propagate.get_global_textmap().fields}
-    for key, value in running.carrier.items():
-        if isinstance(key, str) and (key.startswith(_OURS) or key.lower() in fields):
-            headers.setdefault(key, value)  # task.replace() sends none of the request's headers
+    for key, value in metadata_entries(running.carrier).items():
+        headers.setdefault(key, value)  # task.replace() sends none of the request's headers
     headers.update(running.run.retry_metadata())
+
+
+def _drop_our_keys(headers: MutableMapping[str, Any]) -> None:
+    for key in [k for k in headers if isinstance(k, str) and k.startswith(KEY_PREFIX)]:
+        del headers[key]
 
 
 def _queue(delivery_info: object) -> str | None:

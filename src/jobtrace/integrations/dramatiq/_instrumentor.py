@@ -1,83 +1,8 @@
-"""Trace Dramatiq messages as jobs: a ``send`` span per message enqueued, a ``process`` span per run.
+"""The Dramatiq instrumentor and its middleware, which turns Dramatiq's message hooks into job runs.
 
-Usage
------
-In the module the ``dramatiq`` CLI imports (the one that creates the broker)::
-
-    import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
-    from jobtrace.integrations.dramatiq import instrument_dramatiq
-
-    broker = RedisBroker(url="redis://localhost:6379/0")
-    dramatiq.set_broker(broker)
-    instrument_dramatiq(broker)
-
-or ``DramatiqInstrumentor().instrument()`` anywhere before the brokers are created, or nothing at all
-under ``opentelemetry-instrument`` (entry point ``jobtrace-dramatiq``; turn it off with
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=jobtrace-dramatiq``). Producers and workers both need it: a
-producer writes the metadata, a worker reads it. A message sent by a producer without jobtrace still
-runs, as the root of its own trace and lineage tree.
-
-``instrument()`` adds a :class:`JobtraceMiddleware` to the global broker if one is already set (it
-never calls :func:`dramatiq.get_broker`, which would create one), to the ``broker`` keyword's broker,
-and to every broker created afterwards (it wraps ``dramatiq.Broker.__init__``, so brokers built with
-their own ``middleware=[...]`` list get it too). ``uninstrument()`` takes the middleware out of those
-brokers and unwraps ``__init__``. It also starts the lineage recorder (see Configuration).
-
-Configuration
--------------
-Keywords of ``instrument()`` / :func:`instrument_dramatiq`:
-
-- ``broker``: a broker to instrument besides the global one and the ones created later.
-- ``record``: record lineage in the store (default: on, unless ``JOBTRACE_RECORD=0``).
-- ``database_url``: the lineage store (default: ``JOBTRACE_DATABASE_URL``).
-- ``flush_on_job_end``: flush spans and records after each message (default: only in processes
-  forked after jobtrace was imported).
-
-Spans and metrics go to the global OpenTelemetry providers; the relationship policy, redaction and
-limits are jobtrace's settings (:func:`jobtrace.configure`).
-
-Where the metadata travels
---------------------------
-Under one key of the message's options, ``message.options["jobtrace"]``: a JSON object of strings
-holding the trace context (the global propagator's keys, ``traceparent`` by default) and the lineage
-keys of ``docs/metadata.md``. One key keeps it clear of the options Dramatiq and other middleware
-own. The job id is Dramatiq's ``message_id``; the job name is the actor name; the queue is the
-message's queue (without ``.DQ``/``.XQ``); ``messaging.system`` is ``dramatiq``.
-
-Middleware position
--------------------
-:class:`JobtraceMiddleware` goes **first** in ``broker.middleware`` (``instrument()`` puts it there).
-Dramatiq runs ``before_*`` hooks in list order and ``after_*`` hooks in reverse, so the job's span
-then covers every other middleware, messages sent from other middlewares' ``after_process_message``
-(``Retries``, ``Pipelines``, ``Callbacks``) are sent from inside the job, and the span ends only after
-``Retries`` has decided. ``Retries`` re-enqueues a copy of the failed message from inside the job:
-the middleware sees that copy in ``before_enqueue`` and writes the failed attempt's
-``jobtrace-attempt`` and ``jobtrace-previous-span`` into it, so the next attempt's span links back.
-Placed after ``Retries`` instead, it predicts ``Retries``' decision (``throws``, ``retries`` against
-``max_retries``, ``retry_when``) and writes those keys into the message before ``Retries`` copies it.
-
-Outcomes
---------
-- the actor returned: ``succeeded``;
-- it raised and ``Retries`` re-enqueued the message: ``retrying``; the last attempt, failed and
-  dead-lettered (or not retried at all): ``failed``; ``TimeLimitExceeded`` is a failure like any;
-- a middleware skipped the message (``SkipMessage``): ``skipped``, or ``discarded`` when it also
-  failed (dead-lettered) it, as ``AgeLimit`` does;
-- ``dramatiq_abort``'s ``Abort``, or the worker's ``Shutdown`` when not retried: ``cancelled``.
-
-Worker processes
-----------------
-The ``dramatiq`` CLI runs actors in child processes that end without running ``atexit`` handlers.
-The middleware makes sure the lineage recorder runs in each of them (``after_process_boot``) and
-flushes spans, metrics and lineage records in ``after_worker_shutdown``, once every worker thread
-is done. Stop Dramatiq with a SIGTERM to its main process: a SIGTERM sent to the whole process group
-reaches each worker process twice, and Dramatiq kills a worker process on the second, before that
-flush. A process killed outright loses what it had not flushed; its running jobs stop heartbeating
-and the reaper declares them crashed.
-
-``async def`` actors (Dramatiq's ``AsyncIO`` middleware) run on its event-loop thread in a copy of
-the worker thread's context, so they see the job like any other actor.
+The usage guide is the package's docstring (:mod:`jobtrace.integrations.dramatiq`). This module
+imports Dramatiq at top level, so that a missing Dramatiq raises ``ModuleNotFoundError`` when the
+``jobtrace-dramatiq`` entry point is loaded and ``opentelemetry-instrument`` skips it quietly.
 """
 
 from __future__ import annotations
@@ -86,7 +11,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,28 +20,32 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, Retries, Shutdown
-from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
-    BaseInstrumentor,  # (the module's __all__ is empty)
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
+from jobtrace import JobRun, JobState
+from jobtrace.instrumentation import (
+    KEY_JOB_ID,
+    Options,
+    QueueInstrumentor,
+    SendIncompleteError,
+    SendTracker,
+    call_args,
 )
 
-from jobtrace import Enqueue, JobRun, JobState, flush, get_settings
-from jobtrace._internal.metadata import KEY_JOB_ID
-from jobtrace._internal.redaction import call_args
-from jobtrace.integrations._common import start_recording
-
-__all__ = ["OPTIONS_KEY", "DramatiqInstrumentor", "JobtraceMiddleware", "instrument_dramatiq"]
+__all__ = ["OPTIONS_KEY", "SYSTEM", "DramatiqInstrumentor", "JobtraceMiddleware"]
 
 logger = logging.getLogger("jobtrace")
-
-_instruments = ("dramatiq >= 1.15, < 3.0",)
 
 SYSTEM = "dramatiq"
 OPTIONS_KEY = "jobtrace"
 """The key of ``message.options`` that holds the job's metadata."""
 
 
-class EnqueueIncompleteError(RuntimeError):
+class EnqueueIncompleteError(SendIncompleteError):
     """The broker raised between ``before_enqueue`` and ``after_enqueue``: the send likely failed."""
+
+    __module__ = "jobtrace.integrations.dramatiq"  # its public home, as ``error.type`` says
 
 
 @dataclass
@@ -131,7 +60,6 @@ class _ThreadState(threading.local):
     """Per-thread bookkeeping: Dramatiq calls a message's before and after hooks in one thread."""
 
     def __init__(self) -> None:
-        self.sending: dict[str, Enqueue] = {}
         self.processing: dict[str, _Processing] = {}
         self.consumer_thread = False
 
@@ -145,6 +73,8 @@ class JobtraceMiddleware(Middleware):
         flush_on_job_end: Flush telemetry after each message; ``None`` lets jobtrace decide.
         shutdown_flush_timeout: Longest wait for the flush when a worker shuts down, in seconds;
             ``None`` uses jobtrace's ``flush_timeout`` setting.
+        tracer_provider: For the job and send spans; ``None``: the global one.
+        meter_provider: For the job metrics; ``None``: the global one.
     """
 
     def __init__(
@@ -154,12 +84,29 @@ class JobtraceMiddleware(Middleware):
         database_url: str | None = None,
         flush_on_job_end: bool | None = None,
         shutdown_flush_timeout: float | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
-        self.record = record
-        self.database_url = database_url
-        self.flush_on_job_end = flush_on_job_end
-        self.shutdown_flush_timeout = shutdown_flush_timeout
+        self.options = Options(
+            system=SYSTEM,
+            record=record,
+            database_url=database_url,
+            flush_on_job_end=flush_on_job_end,
+            shutdown_flush_timeout=shutdown_flush_timeout,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
         self._state = _ThreadState()
+        self._sends = SendTracker(
+            EnqueueIncompleteError, "the broker raised before confirming the enqueue"
+        )
+
+    @classmethod
+    def from_options(cls, options: Options) -> JobtraceMiddleware:
+        """The middleware of an instrumentor's options."""
+        middleware = cls()
+        middleware.options = options
+        return middleware
 
     # -- producer side --------------------------------------------------------------------------
 
@@ -181,34 +128,24 @@ class JobtraceMiddleware(Middleware):
             return
         if _is_resend(message, carrier, consumer_thread=self._state.consumer_thread):
             return
-        self._end_unfinished_sends()
+        self._sends.fail_unfinished()
         metadata: dict[str, str] = {}
-        enqueue = Enqueue(
+        enqueue = self.options.send(
             message.actor_name,
             queue=q_name(message.queue_name),
             job_id=message.message_id,
             args=call_args(message.args, message.kwargs),
             delay=delay / 1000 if delay else None,
-            system=SYSTEM,
             carrier=metadata,
         )
         enqueue.start()
         # A new dict: message copies share the options' values, never mutate one in place.
         options[OPTIONS_KEY] = metadata
-        self._state.sending[message.message_id] = enqueue
+        self._sends.track(message.message_id, enqueue)
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         """End the ``send`` span: the broker accepted the message."""
-        enqueue = self._state.sending.pop(message.message_id, None)
-        if enqueue is not None:
-            enqueue.end()
-
-    def _end_unfinished_sends(self) -> None:
-        """A send whose ``after_enqueue`` never came raised in the broker: end its span as failed."""
-        sending = self._state.sending
-        while sending:
-            _, enqueue = sending.popitem()
-            enqueue.end(EnqueueIncompleteError("the broker raised before confirming the enqueue"))
+        self._sends.complete(message.message_id)
 
     # -- consumer side --------------------------------------------------------------------------
 
@@ -225,15 +162,13 @@ class JobtraceMiddleware(Middleware):
         options = message.options
         retries = options.get("retries", 0)
         attempt = retries + 1 if isinstance(retries, int) and retries >= 0 else None
-        run = JobRun(
+        run = self.options.job_run(
             options.get(OPTIONS_KEY),
             name=message.actor_name,
             job_id=message.message_id,
             queue=q_name(message.queue_name),
             attempt=attempt,
-            system=SYSTEM,
             args=call_args(message.args, message.kwargs),
-            flush=self.flush_on_job_end,
         )
         return run.start()
 
@@ -310,7 +245,7 @@ class JobtraceMiddleware(Middleware):
 
     def after_process_boot(self, broker: Broker) -> None:
         """In each ``dramatiq`` CLI worker process: make sure the lineage recorder runs here."""
-        start_recording(self.record, self.database_url)
+        self.options.start_recording()
 
     def after_consumer_thread_boot(self, broker: Broker, thread: threading.Thread) -> None:
         """Mark consumer threads: what they enqueue are delayed messages coming due, not sends."""
@@ -318,8 +253,7 @@ class JobtraceMiddleware(Middleware):
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         """Flush spans, metrics and records: CLI worker processes exit without ``atexit``."""
-        timeout = self.shutdown_flush_timeout
-        flush(get_settings().flush_timeout if timeout is None else timeout)
+        self.options.flush()
 
 
 def _as_dict(carrier: object) -> dict[str, Any]:
@@ -368,38 +302,28 @@ def _cancel_reason(exception: BaseException) -> str | None:
     return None
 
 
-class DramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class DramatiqInstrumentor(QueueInstrumentor):
     """Adds :class:`JobtraceMiddleware` to Dramatiq brokers: the global one and every one created later.
 
     A singleton, like every ``BaseInstrumentor``: instrumenting twice is a no-op with a warning, and
-    ``uninstrument()`` undoes it.
+    ``uninstrument()`` undoes it. Its own keyword: ``broker``, a broker to instrument as well.
     """
 
+    system = SYSTEM
+    dependencies = ("dramatiq >= 1.15, < 3.0",)
+    library_options = frozenset({"broker"})
     _middleware: JobtraceMiddleware | None = None
     _brokers: weakref.WeakSet[Broker]
-    _original_init: Callable[..., None] | None = None
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        """The Dramatiq versions this instrumentation supports."""
-        return _instruments
-
-    def _instrument(self, **kwargs: Any) -> None:
-        self._middleware = JobtraceMiddleware(
-            record=kwargs.get("record"),
-            database_url=kwargs.get("database_url"),
-            flush_on_job_end=kwargs.get("flush_on_job_end"),
-        )
+    def _hook(self, options: Options) -> None:
+        self._middleware = JobtraceMiddleware.from_options(options)
         self._brokers = weakref.WeakSet()
-        start_recording(kwargs.get("record"), kwargs.get("database_url"))
-        self._wrap_broker_init()
-        for broker in (dramatiq.broker.global_broker, kwargs.get("broker")):
+        self.patch(Broker, "__init__", self._wrap_broker_init)
+        for broker in (dramatiq.broker.global_broker, options.extra.get("broker")):
             if broker is not None:
                 self.instrument_broker(broker)
 
-    def _uninstrument(self, **kwargs: Any) -> None:
-        original, self._original_init = self._original_init, None
-        if original is not None:
-            Broker.__init__ = original  # type: ignore[method-assign]
+    def _unhook(self) -> None:
         middleware, self._middleware = self._middleware, None
         for broker in list(self._brokers):
             if middleware is not None and any(m is middleware for m in broker.middleware):
@@ -417,32 +341,13 @@ class DramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             broker.add_middleware(middleware)
         self._brokers.add(broker)
 
-    def _wrap_broker_init(self) -> None:
-        original: Callable[..., None] = Broker.__init__
-        instrumentor = self
-
+    def _wrap_broker_init(self, original: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(original)
         def __init__(broker: Broker, *args: Any, **kwargs: Any) -> None:
             original(broker, *args, **kwargs)
             try:
-                instrumentor.instrument_broker(broker)
+                self.instrument_broker(broker)
             except Exception:
                 logger.warning("jobtrace: instrumenting broker %r failed", broker, exc_info=True)
 
-        self._original_init = original
-        Broker.__init__ = __init__  # type: ignore[method-assign,assignment]
-
-
-def instrument_dramatiq(broker: Broker | None = None, **kwargs: Any) -> DramatiqInstrumentor:
-    """Instrument Dramatiq (once per process) and ``broker``, if given; returns the instrumentor.
-
-    Args:
-        broker: A broker to instrument now, besides the global one and the ones created later.
-        **kwargs: ``record``, ``database_url``, ``flush_on_job_end`` (see the module's guide).
-    """
-    instrumentor = DramatiqInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(broker=broker, **kwargs)
-    elif broker is not None:
-        instrumentor.instrument_broker(broker)
-    return instrumentor
+        return __init__

@@ -1,140 +1,8 @@
-"""Trace arq jobs: a ``send`` span per job enqueued, a ``process`` span per attempt, and lineage.
+"""The arq instrumentor: a patched enqueue, job (de)serialization and workers that trace arq jobs.
 
-Usage
------
-Instrument every process that enqueues or runs jobs, before it does. In the module named on the
-``arq`` command line (``arq myapp.worker.WorkerSettings``)::
-
-    from arq.connections import RedisSettings
-    from jobtrace.integrations.arq import instrument_arq
-
-    instrument_arq()             # after your OpenTelemetry setup (or jobtrace.configure(...))
-
-    class WorkerSettings:
-        functions = [fetch_page, parse_page]
-        redis_settings = RedisSettings()
-
-and in the web application (or script) that enqueues, once at start-up::
-
-    instrument_arq()
-    redis = await create_pool(RedisSettings())
-    await redis.enqueue_job("fetch_page", url)
-
-or nothing at all under ``opentelemetry-instrument arq myapp.worker.WorkerSettings`` (entry point
-``jobtrace-arq``; turn it off with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=jobtrace-arq``). A job
-enqueued by a producer without jobtrace still runs, as the root of its own trace and lineage tree;
-a job enqueued with jobtrace runs unchanged on a worker without it. ``instrument()`` also starts the
-lineage recorder (see Configuration); ``uninstrument()`` takes every patch out again.
-
-Configuration
--------------
-Keywords of ``instrument()`` / :func:`instrument_arq`:
-
-- ``worker``: an ``arq.worker.Worker`` created before instrumenting, to instrument as well (workers
-  created afterwards, by ``arq`` or ``run_worker``, are instrumented when they are created).
-- ``record``: record lineage in the store (default: on, unless ``JOBTRACE_RECORD=0``).
-- ``database_url``: the lineage store (default: ``JOBTRACE_DATABASE_URL``).
-- ``flush_on_job_end``: flush spans, metrics and records after each attempt (default: off; an arq
-  worker is one process that exits normally, flushing at exit).
-
-Spans and metrics go to the global OpenTelemetry providers; the relationship policy, redaction and
-limits are jobtrace's settings (:func:`jobtrace.configure`).
-
-Where the metadata travels
---------------------------
-arq has no per-job metadata field, so jobtrace adds one: a ``"jobtrace"`` entry beside arq's own
-entries (``f``, ``a``, ``k``, ``t``, ``et``) of the job dict that arq serializes and stores under
-``arq:job:<job id>``. It holds the trace context (the global propagator's keys, ``traceparent`` by
-default) and the lineage keys of ``docs/metadata.md``, all short strings. It is written by wrapping
-the serializer that ``ArqRedis.enqueue_job`` passes to ``serialize_job`` (your ``job_serializer``
-or pickle, which then sees one more dict entry), and read by wrapping the deserializer of the
-worker's ``deserialize_job_raw``. The job id is arq's (the ``_job_id`` given, or one made for it and
-passed on as ``_job_id``); the job name is the function name; the queue is the worker's
-``queue_name``; ``messaging.system`` is ``arq``.
-
-Why there, and not elsewhere:
-
-- The stored job is written in arq's own transaction and expires with it; arq re-runs that same
-  stored value on every retry (``Retry``, ``RetryJob``, a cancelled job) and after any deferral
-  (``_defer_by``, ``_defer_until``, ``Retry(defer=...)``), so each attempt reads the same metadata.
-- arq reads only its own entries (``deserialize_job_raw``, ``Job.info()``, ``queued_jobs()``), so a
-  worker without jobtrace runs the job unchanged, and the job's arguments, arq's log lines and its
-  stored results stay exactly what the caller passed.
-- A reserved keyword argument (``_jobtrace=...``) would have been simpler, but a worker without
-  jobtrace would pass it to the function, and every job would fail with a ``TypeError``; it also
-  shows in arq's logs and results. A side key per job in Redis would cost a second write outside
-  arq's transaction, racing the worker that picks the job up, and going stale when arq refuses a
-  duplicate ``_job_id``.
-- The price: the wrapped functions, ``serialize_job`` in ``arq.connections`` and
-  ``deserialize_job_raw`` in ``arq.worker``, are module-level names of arq rather than documented
-  API (unchanged from arq 0.25 to 0.28); a custom ``job_serializer`` must accept a dict of strings
-  in the job dict (msgpack, JSON and pickle all do).
-
-Attempts and retries
---------------------
-arq never rewrites the stored job between attempts, so the link from one attempt's span to the
-previous one goes through one small key per job, ``jobtrace:arq:attempt:<job id>``. When an attempt
-starts, its :meth:`jobtrace.JobRun.retry_metadata` (the next attempt's number and this attempt's
-span) is stored there as JSON. The next attempt (arq's ``job_try`` >= 2) reads it and links its span
-to the previous attempt's span, whether that attempt retried, was cancelled by a worker shutdown, or
-died with its worker. The key is only trusted when its attempt number is the ``job_try`` arq hands
-out, so a stale key of an older job with the same id links nothing.
-
-The key lives for arq's in-progress timeout (the job's timeout + 10 s) plus five minutes, long
-enough for a running worker to pick up the job of a dead one; an attempt that ends ``retrying``
-extends it to 88,400 s (arq's own retry counter's lifetime), so a long ``Retry(defer=...)`` keeps
-its link. Each attempt costs one ``SET`` (and a ``GET`` on a retry); no key outlives its job by more
-than a few minutes unless it waits for a retry. Losing the key costs the link, never the job. The
-attempt number is arq's ``job_try``; every attempt shares the job's trace (its parent is the
-``send`` span).
-
-What is patched
----------------
-Producer side: ``ArqRedis.enqueue_job``, which every enqueue goes through (``ctx["redis"]`` inside
-a job, ``create_pool(...)`` elsewhere, the worker's cron jobs, which become roots). It starts the
-``send`` span, writes the metadata into the stored job, and ends the span when arq has stored the
-job (an error if it raised).
-A deferred job's span carries ``jobtrace.job.delay_s``. A ``_job_id`` that arq already holds (a
-job or its result) is refused by arq; jobtrace checks that first (one ``EXISTS``, only when a
-``_job_id`` is given) and then sends nothing, so the existing job's lineage is left alone.
-
-Worker side: every ``arq.worker.Worker`` created while instrumented (its ``__init__`` is wrapped)
-gets its functions map copied with each coroutine wrapped, cron jobs included; the functions the
-settings declare are left untouched. The ``process`` span covers the function call, inside arq's
-timeout; ``on_job_start``/``on_job_end`` hooks run outside it. After ``uninstrument()`` the wrapped
-functions of existing workers run untraced.
-
-Outcomes
---------
-=========================================  ====================================================
-arq                                        jobtrace
-=========================================  ====================================================
-enqueued: ``queued``, or ``deferred``      ``queued`` (``send`` span: ``jobtrace.job.delay_s``)
-``in_progress``                            ``running``
-returned                                   ``succeeded``
-raised                                     ``failed``
-``Retry``/``RetryJob``, not the last try   ``retrying``
-``Retry``/``RetryJob`` on the last try     ``failed`` (reason ``max_tries_reached``)
-timed out (job or function ``timeout``)    ``failed``, ``TimeoutError`` (reason ``timeout``)
-aborted (``Job.abort()``)                  ``cancelled`` (reason ``aborted``)
-worker shut down mid-job, to be run again  ``retrying`` (reason ``worker_shutdown``)
-worker shut down mid-job, no try left      ``cancelled`` (reason ``worker_shutdown``)
-worker killed (OOM, SIGKILL)               ``crashed``, by the reaper
-=========================================  ====================================================
-
-``retry_jobs=False`` makes every exception, ``Retry`` included, a failure, as in arq. A ``Retry`` on
-the last try is requeued by arq, which fails it without running it when it comes due; jobtrace
-marks the attempt ``failed`` at once. arq's cancellations reach the function as a bare
-``CancelledError``: an abort is told by the worker's ``aborting_tasks``, a shutdown by the worker's
-signal handler (wrapped for a worker created while instrumented), else by the worker no longer
-picking jobs or both the job's ``run_job`` task and the worker's main task being cancelled
-(``Task.cancelling()``, Python 3.11+), and a timeout by the attempt having run for the function's
-timeout.
-
-Limits: a job arq fails without running it (expired, function not found, ``max_tries`` exceeded
-after a crash) gets no span; its last attempt's row says what happened to it. A worker process
-killed outright loses the spans it had not exported; its running jobs stop heartbeating and the
-reaper (``jobtrace.lineage.reaper.reap``) declares them crashed.
+The usage guide is the package's docstring (:mod:`jobtrace.integrations.arq`). This module imports
+arq at top level, so that a missing arq raises ``ModuleNotFoundError`` when the ``jobtrace-arq``
+entry point is loaded and ``opentelemetry-instrument`` skips it quietly.
 """
 
 from __future__ import annotations
@@ -149,7 +17,7 @@ import logging
 import pickle
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -160,15 +28,16 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.utils import timestamp_ms, to_ms, to_unix_ms
 from arq.worker import Retry, RetryJob, Worker
-from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
-    BaseInstrumentor,  # (the module's __all__ is empty)
-)
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from jobtrace import Enqueue, JobRun, JobState
-from jobtrace._internal.metadata import KEY_ATTEMPT, KEY_PREVIOUS_SPAN
-from jobtrace._internal.redaction import call_args
-from jobtrace.integrations._common import start_recording
+from jobtrace.instrumentation import (
+    KEY_ATTEMPT,
+    KEY_PREVIOUS_SPAN,
+    Options,
+    QueueInstrumentor,
+    call_args,
+)
 
 if TYPE_CHECKING:
     from arq.typing import WorkerCoroutine
@@ -176,15 +45,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTEMPT_KEY_PREFIX",
     "JOB_KEY",
+    "SYSTEM",
     "ArqInstrumentor",
     "DuplicateJobError",
-    "instrument_arq",
     "instrument_worker",
 ]
 
 logger = logging.getLogger("jobtrace")
-
-_instruments = ("arq >= 0.25, < 1.0",)
 
 SYSTEM = "arq"
 JOB_KEY = "jobtrace"
@@ -208,14 +75,11 @@ _SIGNALLED = "_jobtrace_shutdown_signalled"  # set on a worker by its (wrapped) 
 class DuplicateJobError(RuntimeError):
     """arq refused the job: a job (or its result) with the same ``_job_id`` appeared meanwhile."""
 
-
-@dataclass(frozen=True)
-class _Config:
-    flush_on_job_end: bool | None
+    __module__ = "jobtrace.integrations.arq"  # its public home, as ``error.type`` says
 
 
 # ``None`` while not instrumented: wrapped functions of existing workers then run untraced.
-_config: _Config | None = None
+_options: Options | None = None
 # The metadata of the job being enqueued in this task, for the wrapped serializer.
 _outgoing: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "jobtrace_arq_outgoing", default=None
@@ -232,10 +96,11 @@ _incoming: contextvars.ContextVar[object] = contextvars.ContextVar(
 def _wrap_enqueue_job(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(original)
     async def enqueue_job(self: ArqRedis, function: str, *args: Any, **kwargs: Any) -> Any:
-        if _config is None:
+        options = _options
+        if options is None:
             return await original(self, function, *args, **kwargs)
         try:
-            enqueue = await _prepare_send(self, function, args, kwargs)
+            enqueue = await _prepare_send(options, self, function, args, kwargs)
         except Exception:
             logger.warning("jobtrace: tracing the enqueue of %s failed", function, exc_info=True)
             enqueue = None
@@ -260,7 +125,11 @@ def _wrap_enqueue_job(original: Callable[..., Awaitable[Any]]) -> Callable[..., 
 
 
 async def _prepare_send(
-    redis: ArqRedis, function: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    options: Options,
+    redis: ArqRedis,
+    function: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Enqueue | None:
     """The send to trace, or ``None`` when arq is going to refuse the job as a duplicate."""
     given_id = kwargs.get("_job_id")
@@ -269,13 +138,12 @@ async def _prepare_send(
             exists = await redis.exists(job_key_prefix + given_id, result_key_prefix + given_id)
         if exists:
             return None  # arq returns None; the existing job's metadata and lineage stay
-    return Enqueue(
+    return options.send(
         function,
         queue=kwargs.get("_queue_name") or redis.default_queue_name,
         job_id=given_id or uuid.uuid4().hex,
         args=call_args(args, {k: v for k, v in kwargs.items() if k not in _ARQ_KEYWORDS}),
         delay=_delay(kwargs.get("_defer_by"), kwargs.get("_defer_until")),
-        system=SYSTEM,
     )
 
 
@@ -311,7 +179,7 @@ def _wrap_serialize_job(original: Callable[..., bytes | None]) -> Callable[..., 
 def _wrap_deserialize_job_raw(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def deserialize_job_raw(raw: bytes, *, deserializer: Any = None, **kwargs: Any) -> Any:
-        if _config is None:
+        if _options is None:
             return original(raw, deserializer=deserializer, **kwargs)
         inner: Callable[[bytes], Any] = deserializer or pickle.loads
 
@@ -366,13 +234,13 @@ def instrument_worker(worker: Worker) -> None:
 def _traced(worker: Worker, function: Any, coroutine: WorkerCoroutine) -> WorkerCoroutine:
     @functools.wraps(coroutine)
     async def run(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        config = _config
-        if config is None:
+        options = _options
+        if options is None:
             return await coroutine(ctx, *args, **kwargs)
         started = time.monotonic()  # arq's timeout runs from (just before) here
         job_id = ctx.get("job_id")
         job_try = ctx.get("job_try")
-        job = await _start_run(worker, function, config, ctx, args, kwargs)
+        job = await _start_run(worker, function, options, ctx, args, kwargs)
         try:
             if job is not None and isinstance(job_id, str):
                 await _remember_attempt(worker, job_id, job.retry_metadata())
@@ -394,7 +262,7 @@ def _traced(worker: Worker, function: Any, coroutine: WorkerCoroutine) -> Worker
 async def _start_run(
     worker: Worker,
     function: Any,
-    config: _Config,
+    options: Options,
     ctx: Mapping[Any, Any],
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
@@ -409,15 +277,13 @@ async def _start_run(
             if previous is not None:
                 base = dict(metadata) if isinstance(metadata, Mapping) else {}
                 metadata = {**base, KEY_PREVIOUS_SPAN: previous}
-        job = JobRun(
+        job = options.job_run(
             metadata,
             name=function.name,
             job_id=job_id if isinstance(job_id, str) else None,
             queue=worker.queue_name,
             attempt=job_try if isinstance(job_try, int) and job_try > 0 else None,
-            system=SYSTEM,
             args=call_args(args, kwargs),
-            flush=config.flush_on_job_end,
         )
     except Exception:
         logger.warning("jobtrace: tracing arq job %s failed", function.name, exc_info=True)
@@ -564,58 +430,31 @@ def _cancelling(task: object) -> bool:
 # -- the instrumentor ---------------------------------------------------------------------------
 
 
-class ArqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Patches arq's enqueue, job serialization and workers (see the module's guide).
+class ArqInstrumentor(QueueInstrumentor):
+    """Patches arq's enqueue, job serialization and workers (see the package's guide).
 
     A singleton, like every ``BaseInstrumentor``: instrumenting twice is a no-op with a warning, and
-    ``uninstrument()`` undoes it.
+    ``uninstrument()`` undoes it. Its own keyword: ``worker``, a worker to instrument as well.
     """
 
-    _patches: list[tuple[object, str, object]]
+    system = SYSTEM
+    dependencies = ("arq >= 0.25, < 1.0",)
+    library_options = frozenset({"worker"})
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        """The arq versions this instrumentation supports."""
-        return _instruments
-
-    def _instrument(self, **kwargs: Any) -> None:
-        global _config
-        _config = _Config(flush_on_job_end=kwargs.get("flush_on_job_end"))
-        start_recording(kwargs.get("record"), kwargs.get("database_url"))
-        self._patches = []
-        self._patch(ArqRedis, "enqueue_job", _wrap_enqueue_job)
-        self._patch(arq.connections, "serialize_job", _wrap_serialize_job)
-        self._patch(arq.worker, "deserialize_job_raw", _wrap_deserialize_job_raw)
-        self._patch(Worker, "__init__", _wrap_worker_init)
+    def _hook(self, options: Options) -> None:
+        global _options
+        _options = options
+        self.patch(ArqRedis, "enqueue_job", _wrap_enqueue_job)
+        self.patch(arq.connections, "serialize_job", _wrap_serialize_job)
+        self.patch(arq.worker, "deserialize_job_raw", _wrap_deserialize_job_raw)
+        self.patch(Worker, "__init__", _wrap_worker_init)
         # Before __init__ binds them as the worker's signal handlers.
-        self._patch(Worker, "handle_sig", _wrap_signal_handler)
-        self._patch(Worker, "handle_sig_wait_for_completion", _wrap_signal_handler)
-        worker = kwargs.get("worker")
+        self.patch(Worker, "handle_sig", _wrap_signal_handler)
+        self.patch(Worker, "handle_sig_wait_for_completion", _wrap_signal_handler)
+        worker = options.extra.get("worker")
         if worker is not None:
             instrument_worker(worker)
 
-    def _uninstrument(self, **kwargs: Any) -> None:
-        global _config
-        _config = None
-        for owner, name, original in reversed(getattr(self, "_patches", [])):
-            setattr(owner, name, original)
-        self._patches = []
-
-    def _patch(self, owner: object, name: str, wrap: Callable[[Any], Any]) -> None:
-        original = getattr(owner, name)
-        self._patches.append((owner, name, original))
-        setattr(owner, name, wrap(original))
-
-
-def instrument_arq(worker: Worker | None = None, **kwargs: Any) -> ArqInstrumentor:
-    """Instrument arq (once per process) and ``worker``, if given; returns the instrumentor.
-
-    Args:
-        worker: A worker created before now, to instrument as well.
-        **kwargs: ``record``, ``database_url``, ``flush_on_job_end`` (see the module's guide).
-    """
-    instrumentor = ArqInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(worker=worker, **kwargs)
-    elif worker is not None:
-        instrument_worker(worker)
-    return instrumentor
+    def _unhook(self) -> None:
+        global _options
+        _options = None
