@@ -234,6 +234,20 @@ def test_start_recorder_is_once_per_store(sqlite_url: str, tmp_path: Path) -> No
     assert get_recorder() is None
 
 
+def test_a_later_start_without_an_interval_keeps_the_chosen_one(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An integration starting recording after the app chose a heartbeat interval keeps it."""
+    monkeypatch.delenv("JOBTRACE_HEARTBEAT_INTERVAL", raising=False)
+    try:
+        chosen = start_recorder(sqlite_url, heartbeat_interval=0.2)
+        assert start_recorder(sqlite_url).heartbeat_interval == 0.2
+        assert start_recorder(sqlite_url, heartbeat_interval=3).heartbeat_interval == 3
+        assert get_recorder() is chosen
+    finally:
+        stop_recorder()
+
+
 WRITER = textwrap.dedent(
     """
     import sys

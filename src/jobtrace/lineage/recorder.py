@@ -493,18 +493,17 @@ def start_recorder(
     """
     global _recorder
     url = database_url or default_url()
-    if heartbeat_interval is None:
-        heartbeat_interval = float(
-            os.environ.get("JOBTRACE_HEARTBEAT_INTERVAL") or HEARTBEAT_INTERVAL
-        )
+    if heartbeat_interval is None and os.environ.get("JOBTRACE_HEARTBEAT_INTERVAL"):
+        heartbeat_interval = float(os.environ["JOBTRACE_HEARTBEAT_INTERVAL"])
     with _lock:
         current = _recorder
         if current is not None and current.url == url and not current._closed:
-            current.heartbeat_interval = heartbeat_interval
+            if heartbeat_interval is not None:  # a later call without one keeps the chosen one
+                current.heartbeat_interval = heartbeat_interval
             return current
         if current is not None:
             current.close()
-        _recorder = Recorder(url, heartbeat_interval=heartbeat_interval)
+        _recorder = Recorder(url, heartbeat_interval=heartbeat_interval or HEARTBEAT_INTERVAL)
         if _recorder.engine.dialect.name == "sqlite":
             # A local file: create the tables now, so a reader started next finds them. A server
             # may be slow to answer; the writer thread prepares it before its first write.
