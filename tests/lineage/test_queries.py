@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 from jobtrace.lineage.models import Job
 from jobtrace.lineage.queries import (
@@ -19,11 +22,13 @@ from jobtrace.lineage.queries import (
     FAILURES,
     SCHEDULED,
     UNKNOWN_DEPTH,
+    AmbiguousJobIdError,
     JobNotFoundError,
     JobRow,
     LineageStore,
 )
 from tests.lineage.builders import CinemaRun, TreeBuilder, cinema_run, create_schema
+from tests.services import POSTGRES_ADMIN_URL, require
 
 
 @pytest.fixture
@@ -767,3 +772,133 @@ def test_jobs_whose_records_never_said_root_or_depth_are_answered(
     assert ids(store.ancestors(beat)) == [root, page]
     assert store.overview(alone).tree.stages[0].depth == UNKNOWN_DEPTH
     assert store.diff(alone, beat).a.job_id == alone
+
+
+# Resolving what a person typed: an id, a unique prefix of one, or a prefix ending in "…".
+
+PREFIX_IDS = [
+    "7d1e01aa",
+    "7d1e02bb",
+    "a%b-1",
+    "axb-1",
+    "a_b-1",
+    "a\\b-1",
+    "A-upper",
+    "日本-1",
+    "日本語-2",
+    "🚀-1",
+    "z\U0010ffff-1",
+    "job-1",
+    "job-10",
+    "tail…",
+    "hex-09ab",
+    "az-1",
+]
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-icu"])
+def id_store(request: pytest.FixtureRequest) -> Iterator[LineageStore]:
+    """Jobs whose ids share prefixes and hold LIKE wildcards, backslashes and any unicode.
+
+    Also on a PostgreSQL database ordered by a language (ICU ``en-US``), where ``hex-0:`` sorts
+    before ``hex-09ab``, so a prefix is not a range of ids.
+    """
+    fixture = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}.get(
+        request.param, "icu_postgres_url"
+    )
+    url = str(request.getfixturevalue(fixture))
+    engine = create_schema(url)
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", job_id="root-0")
+    for job_id in PREFIX_IDS:
+        builder.job("PageJob", root, job_id=job_id)
+    builder.insert(engine)
+    yield LineageStore(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def icu_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database whose default collation is ICU's en-US, dropped afterwards."""
+    require("postgresql")
+    name = f"jobtrace_test_icu_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(
+                text(
+                    f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu'
+                    " ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                )
+            )
+    except DBAPIError as error:  # a server before 15, or built without ICU
+        admin.dispose()
+        pytest.skip(f"no ICU collation: {error.orig}")
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("7d1e01", "7d1e01aa"),
+        ("7d1e01…", "7d1e01aa"),
+        ("7d1e02bb", "7d1e02bb"),
+        ("a%", "a%b-1"),
+        ("a_", "a_b-1"),
+        ("ax", "axb-1"),
+        ("a\\", "a\\b-1"),
+        ("A", "A-upper"),
+        ("日本-", "日本-1"),
+        ("日本語", "日本語-2"),
+        ("🚀", "🚀-1"),
+        ("z\U0010ffff", "z\U0010ffff-1"),
+        ("job-1", "job-1"),
+        ("job-10…", "job-10"),
+        ("tail…", "tail…"),
+        ("tai…", "tail…"),
+        ("roo", "root-0"),
+        ("hex-09", "hex-09ab"),
+        ("az", "az-1"),
+    ],
+)
+def test_resolve_takes_an_id_or_a_unique_prefix(
+    id_store: LineageStore, typed: str, expected: str
+) -> None:
+    """A full id (even one that prefixes others) or a unique prefix, wildcards literal, resolves."""
+    assert id_store.resolve(typed) == expected
+
+
+def test_resolve_lists_the_candidates_of_an_ambiguous_prefix(id_store: LineageStore) -> None:
+    """A prefix of several ids raises a typed error naming them, a few at most."""
+    with pytest.raises(AmbiguousJobIdError) as caught:
+        id_store.resolve("7d1e…")
+    assert caught.value.prefix == "7d1e"
+    assert [job.job_id for job in caught.value.candidates] == ["7d1e01aa", "7d1e02bb"]
+    assert not caught.value.more
+    assert "7d1e01aa" in str(caught.value)
+    with pytest.raises(AmbiguousJobIdError) as caught:
+        id_store.resolve("日本", candidates=1)
+    assert [job.job_id for job in caught.value.candidates] == ["日本-1"]
+    assert caught.value.more
+    assert isinstance(caught.value, LookupError)
+
+
+@pytest.mark.parametrize("typed", ["a%x", "a_x", "a", "B", "nope", "", "…", "7d1e0 ", "x\udcff"])
+def test_resolve_refuses_what_names_no_job_alone(id_store: LineageStore, typed: str) -> None:
+    """No match, an empty prefix or undecodable text is JobNotFoundError; "a" is ambiguous."""
+    with pytest.raises((JobNotFoundError, AmbiguousJobIdError)) as caught:
+        id_store.resolve(typed)
+    assert isinstance(caught.value, AmbiguousJobIdError) == (typed == "a")
+
+
+def test_resolve_finds_an_id_only_named_by_other_jobs(store: LineageStore, engine: Engine) -> None:
+    """A parent that exists only as an id in its children's rows resolves by its full id."""
+    builder = TreeBuilder()
+    builder.job("ChunkJob", parent_job_id="ghost-parent", root_job_id="ghost-root", depth=2)
+    builder.insert(engine)
+    assert store.resolve("ghost-parent") == "ghost-parent"

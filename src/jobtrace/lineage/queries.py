@@ -43,9 +43,11 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 
+from jobtrace.lineage._merge import safe_id
 from jobtrace.lineage.models import ID_LENGTH, Attempt, Base, Job
 from jobtrace.records import DONE_STATES, FAILED_STATES, JobState
 
@@ -57,6 +59,7 @@ __all__ = [
     "STUCK_AFTER",
     "UNKNOWN",
     "UNKNOWN_DEPTH",
+    "AmbiguousJobIdError",
     "Ancestors",
     "AttemptRow",
     "ErrorCount",
@@ -112,6 +115,27 @@ class JobNotFoundError(LookupError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job {job_id!r} in the lineage store")
         self.job_id = job_id
+
+
+#: The ending of a shortened id as the docs and the tree print it (``7d1e…``).
+ELLIPSIS = "\u2026"
+
+
+class AmbiguousJobIdError(LookupError):
+    """An id prefix that several jobs start with (see :meth:`LineageStore.resolve`).
+
+    Attributes:
+        prefix: The prefix searched, without its ``…``.
+        candidates: The first jobs it matches, by id.
+        more: Whether more jobs match than ``candidates`` holds.
+    """
+
+    def __init__(self, prefix: str, candidates: tuple[JobRow, ...], more: bool) -> None:
+        listed = ", ".join(job.job_id for job in candidates) + (", …" if more else "")
+        super().__init__(f"job id prefix {prefix!r} matches several jobs: {listed}")
+        self.prefix = prefix
+        self.candidates = candidates
+        self.more = more
 
 
 @dataclass(frozen=True)
@@ -587,6 +611,25 @@ class LineageStore:
         with self.engine.connect() as conn:
             return _job(conn, job_id)
 
+    def resolve(self, typed: str, *, candidates: int = 10) -> str:
+        """The id of the one job ``typed`` names: its id, or a prefix only that job's id starts with.
+
+        A whole id wins over a longer id it prefixes (``job-1`` beside ``job-10``). A trailing
+        ``…`` is dropped, so ids shortened as the docs print them (``7d1e…``) resolve. The
+        prefix is matched literally (``%`` and ``_`` are not wildcards) and case-sensitively, as
+        a range on the primary key where ids compare by code point (SQLite, PostgreSQL under a
+        ``C`` collation), else with an escaped ``LIKE``, right under any collation.
+
+        Args:
+            candidates: How many matching jobs an ambiguous prefix's error lists.
+
+        Raises:
+            JobNotFoundError: No job has this id or starts with it.
+            AmbiguousJobIdError: Several jobs start with it.
+        """
+        with self.engine.connect() as conn:
+            return _resolve(conn, typed, max(candidates, 1))
+
     def tree(self, job_id: str) -> list[JobRow]:
         """Every job of the subtree under ``job_id`` (itself included), each once, by depth."""
         return list(self.iter_tree(job_id))
@@ -781,6 +824,74 @@ def _job(conn: Connection, job_id: str) -> JobRow:
         if named:
             return _placeholder(job_id, named[0], role)
     raise JobNotFoundError(job_id)
+
+
+def _resolve(conn: Connection, typed: str, candidates: int) -> str:
+    """See :meth:`LineageStore.resolve`: an exact id first, then a prefix."""
+    # Ids are stored as the metadata contract repairs them (control characters and lone
+    # surrogates escaped), so look up what the store would have filed ``typed`` under.
+    exact = safe_id(typed) or ""
+    if exact:
+        try:
+            return _job(conn, exact).job_id
+        except JobNotFoundError:
+            pass
+    prefix = safe_id(typed.removesuffix(ELLIPSIS)) or ""
+    if not prefix:
+        raise JobNotFoundError(typed)
+    column = JOBS.c.job_id
+    if _orders_by_code_point(conn):
+        # Ids compare by their UTF-8 bytes, i.e. by code point: a range on the primary key's
+        # index. (SQLite's LIKE ignores ASCII case and cannot use that index.)
+        match = column >= prefix
+        upper = _prefix_upper(prefix)
+        if upper is not None:
+            match = and_(match, column < upper)
+    else:
+        # Under a language collation a range is not a prefix; LIKE is, in any collation.
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        match = column.like(escaped + "%", escape="\\")
+    stmt = select(JOBS).where(match).order_by(column).limit(candidates + 1)
+    found = [job for job in _job_rows(conn, stmt) if job.job_id.startswith(prefix)]
+    if not found:
+        raise JobNotFoundError(typed)
+    if len(found) == 1:
+        return found[0].job_id
+    raise AmbiguousJobIdError(prefix, tuple(found[:candidates]), len(found) > candidates)
+
+
+def _orders_by_code_point(conn: Connection) -> bool:
+    """Whether the store compares ids by code point (SQLite; PostgreSQL under C collations)."""
+    if conn.dialect.name == "sqlite":
+        return True
+    if conn.dialect.name != "postgresql":
+        return False
+    # The columns of pg_database vary by version (15 adds the provider, 17 ``datlocale``).
+    found = conn.execute(
+        text("SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()")
+    ).scalar()
+    database: dict[str, Any] = found if isinstance(found, dict) else {}
+    provider = database.get("datlocprovider", "c")
+    locale = database.get("datlocale") if provider == "b" else database.get("datcollate")
+    return provider in ("b", "c") and str(locale).lower() in _CODE_POINT_LOCALES
+
+
+#: Locales whose collation is the order of code points (UTF-8 bytes).
+_CODE_POINT_LOCALES = frozenset({"c", "posix", "c.utf-8", "c.utf8"})
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` (``None``: there is none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code == 0xD800:
+            code = 0xE000  # surrogates are not characters
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
 
 
 def _placeholder(job_id: str, child: JobRow, role: Literal["parent", "root"]) -> JobRow:
