@@ -610,7 +610,8 @@ def _plain_response(status: HTTPStatus) -> bytes:
     body = f"{status.value} {status.phrase}\n".encode()
     return (
         f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n"
+        "Connection: close\r\n\r\n"
     ).encode() + body
 
 
