@@ -16,7 +16,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from jobtrace.web import make_server, trace_template
+from jobtrace.lineage.queries import LineageStore
+from jobtrace.web import DashboardServer, make_server, trace_template
 from tests.web.support import Stored, running
 
 
@@ -80,14 +81,8 @@ def test_hostile_trace_templates_are_refused(stored: Stored, template: str) -> N
     """Protocol-relative, scheme-less tricks and non-http schemes never become trace links."""
     with pytest.raises(ValueError, match="trace URL template"):
         trace_template(template)
-    with pytest.raises(ValueError, match="trace URL template"):
-        make_server(stored_store(stored), "127.0.0.1", 0, trace_url=template)
-
-
-def stored_store(stored: Stored) -> object:
-    from jobtrace.lineage.queries import LineageStore
-
-    return LineageStore(stored.url)
+    with LineageStore(stored.url) as store, pytest.raises(ValueError, match="trace URL template"):
+        make_server(store, "127.0.0.1", 0, trace_url=template)
 
 
 @pytest.mark.parametrize(
@@ -180,9 +175,10 @@ def test_idle_sockets_neither_starve_a_request_nor_spin_the_server(
 
 def test_a_request_sent_too_slowly_is_cut_off(stored: Stored) -> None:
     """A client that starts a request and never finishes it is answered 408 and disconnected."""
-    store = stored_store(stored)
-    server = make_server(store, "127.0.0.1", 0, request_timeout=0.5, idle_timeout=60)  # type: ignore[arg-type]
+    store = LineageStore(stored.url)
+    server = make_server(store, "127.0.0.1", 0, request_timeout=0.5, idle_timeout=60, log=None)
     with (
+        store,
         serving(server) as (host, port),
         socket.create_connection((host, port), timeout=30) as conn,
     ):
@@ -193,8 +189,10 @@ def test_a_request_sent_too_slowly_is_cut_off(stored: Stored) -> None:
 
 def test_an_idle_connection_is_closed(stored: Stored) -> None:
     """A connection that sends nothing is closed after the idle timeout, with no answer."""
-    server = make_server(stored_store(stored), "127.0.0.1", 0, idle_timeout=0.5)  # type: ignore[arg-type]
+    store = LineageStore(stored.url)
+    server = make_server(store, "127.0.0.1", 0, idle_timeout=0.5, log=None)
     with (
+        store,
         serving(server) as (host, port),
         socket.create_connection((host, port), timeout=30) as conn,
     ):
@@ -210,18 +208,18 @@ def read_all(conn: socket.socket) -> bytes:
 
 
 @contextmanager
-def serving(server: object) -> Iterator[tuple[str, int]]:
+def serving(server: DashboardServer) -> Iterator[tuple[str, int]]:
     """``server`` serving from a thread: its host and port."""
     import threading
 
-    thread = threading.Thread(target=server.serve_forever, daemon=True)  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        host, port = server.server_address[:2]  # type: ignore[attr-defined]
+        host, port = server.server_address[:2]
         yield host, port
     finally:
-        server.shutdown()  # type: ignore[attr-defined]
-        server.server_close()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
         thread.join(10)
 
 
