@@ -34,7 +34,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobtrace import records
 from jobtrace._internal.config import get_settings
-from jobtrace.lineage import _merge
+from jobtrace.lineage import _merge, handoff
 from jobtrace.lineage.models import Attempt, Base, Gap, Job
 from jobtrace.lineage.store import create_store_engine, default_url, ensure_schema, safe_url
 from jobtrace.records import JobRecord, JobState
@@ -89,6 +89,8 @@ class Recorder:
         with suppress_instrumentation():
             self._engine: Engine = create_store_engine(self.url)
         self._schema_ready = False  # survives a fork: the schema is the same for the child
+        # Opened before the first fork, kept across forks: children hand their records over.
+        self._handoff: handoff.Handoff | None = None
         self._reset_process_state()
         _instances.add(self)
 
@@ -98,8 +100,14 @@ class Recorder:
         """Buffer ``record``; start the writer thread on the first record of this process."""
         if record.kind == "started":
             self._running[record.job_id] = record.attempt
-        elif record.kind == "finished" and self._running.get(record.job_id) == record.attempt:
-            del self._running[record.job_id]
+        elif record.kind == "finished":
+            if self._running.get(record.job_id) == record.attempt:
+                del self._running[record.job_id]
+            if self._child_beats:  # a worker telling how its child's attempt ended (RQ)
+                self._child_ended((record.job_id, record.attempt))
+        self._buffer_record(record)
+
+    def _buffer_record(self, record: JobRecord) -> None:
         if len(self._buffer) >= self.max_buffered:
             self._drop((record,))
             self._warn(
@@ -118,6 +126,8 @@ class Recorder:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write out everything buffered so far; ``False`` if ``timeout`` passed first."""
+        if self._handoff is not None and not self._handing_off:
+            self._handoff.drain()  # what children sent just before is part of "so far"
         target = self._accepted
         thread = self._thread
         if thread is None or not thread.is_alive():
@@ -142,6 +152,8 @@ class Recorder:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        if self._handoff is not None and not self._handing_off:
+            self._handoff.close()
         self._engine.dispose()
 
     @property
@@ -181,6 +193,10 @@ class Recorder:
         self._lost: dict[str, JobRecord] = {}
         self._gap: _Gap | None = None
         self._running: dict[str, int] = {}
+        # Attempts running in forked children, and when a child last said so (monotonic).
+        self._child_beats: dict[tuple[str, int], float] = {}
+        self._ended: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._handing_off = False  # in a forked child with a parent that writes for it
         self._accepted = 0
         self._done = 0
         self._wake = threading.Event()
@@ -196,9 +212,50 @@ class Recorder:
         self._last_warning: dict[str, float] = {}
 
     def _after_fork(self) -> None:
-        """In a forked child: the parent's thread is gone and its buffer is the parent's to write."""
+        """In a forked child: the parent's thread is gone and its buffer is the parent's to write.
+
+        With a hand-off open, the child's records go to the parent, which writes them.
+        """
         self._engine.dispose(close=False)
         self._reset_process_state()
+        if self._handoff is not None:
+            self._handoff.forget_parent_end()
+            self._handing_off = True
+
+    def _open_handoff(self) -> None:
+        """Before a fork in the writing process: the channel children will hand records through."""
+        if self._closed or self._handing_off or not handoff.enabled():
+            return
+        if self._handoff is None:
+            try:
+                self._handoff = handoff.Handoff()
+            except OSError as error:
+                self._warn("handoff", f"forked processes will write to the store: {error}")
+                return
+        self._handoff.start_reading(self._take_over, self._children_alive)
+
+    def _take_over(self, batch: Sequence[JobRecord]) -> None:
+        """Records a forked child handed over: buffered like this process's own."""
+        now = time.monotonic()
+        for record in batch:
+            key = (record.job_id, record.attempt)
+            if record.kind == "started" and key not in self._ended:
+                self._child_beats[key] = now
+            elif record.kind == "finished":
+                self._child_ended(key)
+            self._buffer_record(record)
+
+    def _children_alive(self, running: Sequence[tuple[str, int]]) -> None:
+        now = time.monotonic()
+        for key in running:
+            if tuple(key) not in self._ended:  # a beat sent just before the attempt ended
+                self._child_beats[(key[0], key[1])] = now
+
+    def _child_ended(self, key: tuple[str, int]) -> None:
+        self._child_beats.pop(key, None)
+        self._ended[key] = None
+        if len(self._ended) > _KNOWN_IDS:
+            self._ended.popitem(last=False)
 
     def _start_thread(self) -> None:
         with self._thread_lock:
@@ -219,6 +276,9 @@ class Recorder:
             self._write_pending()
             if time.monotonic() >= self._next_heartbeat:
                 self._heartbeat()
+                if self._gap is not None and not self._handing_off:
+                    with self._db_lock:  # no new record came: try the store again on our own
+                        self._redeliver()
 
     def _write_pending(self) -> None:
         """Write the buffer in batches; called by the writer thread, or by a flush without it."""
@@ -233,6 +293,9 @@ class Recorder:
                 self._progress.notify_all()
 
     def _write_batch(self, batch: Sequence[JobRecord]) -> None:
+        if self._handing_off and self._handoff is not None and self._handoff.send(batch):
+            self.written += len(batch)
+            return
         if not self._schema_ready and not self.prepare():
             self._drop(batch)
             return
@@ -334,8 +397,19 @@ class Recorder:
 
     def _heartbeat(self) -> None:
         """Tell the store that the jobs running here are alive (a crashed one comes back)."""
-        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        now_monotonic = time.monotonic()
+        self._next_heartbeat = now_monotonic + self.heartbeat_interval
         running = list(self._running.items())
+        if self._handing_off and self._handoff is not None:
+            if running and self._handoff.beat(running):
+                return  # the parent heartbeats them while this process says they run
+        elif self._child_beats:
+            fresh = now_monotonic - self.heartbeat_interval * _CHILD_BEATS_MISSED
+            for key, seen in list(self._child_beats.items()):
+                if seen >= fresh:
+                    running.append(key)
+                else:  # the child stopped saying so: let the reaper judge
+                    self._child_beats.pop(key, None)
         if not running or not self._schema_ready:
             return
         now = time.time()
@@ -407,6 +481,8 @@ class _Gap:
 _instances: weakref.WeakSet[Recorder] = weakref.WeakSet()
 _HOST = socket.gethostname()
 _KNOWN_IDS = 50_000
+#: Heartbeats a child may miss telling before the parent stops heartbeating its attempts.
+_CHILD_BEATS_MISSED = 2
 _MAX_LOST_JOBS = 50_000
 
 
@@ -416,6 +492,7 @@ _FORK_WAIT = 5.0
 def _before_fork() -> None:
     """Let a write in progress finish, so no thread is inside the driver when the process forks."""
     for recorder in list(_instances):
+        recorder._open_handoff()
         recorder._held_for_fork = recorder._db_lock.acquire(timeout=_FORK_WAIT)
 
 

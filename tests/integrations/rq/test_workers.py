@@ -132,3 +132,14 @@ def test_stopped_job_is_cancelled(rq_setup: RQSetup) -> None:
 
     stored = rq_setup.wait_for_jobs(1)[job.id]
     assert (stored.state, stored.reason) == ("cancelled", "stopped")
+
+
+def test_work_horses_hand_their_records_to_the_worker(rq_setup: RQSetup) -> None:
+    """200 jobs, each in its own work horse: every record arrives, through the worker's writer."""
+    queued = [rq_setup.queue.enqueue(jobs.quick, n) for n in range(200)]
+    rq_setup.run_burst(timeout=120)
+    stored = rq_setup.wait_for_jobs(200)
+    assert {stored[job.id].state for job in queued} == {"succeeded"}
+    assert len(rq_setup.process_spans("quick")) == 200
+    horses = {stored[job.id].pid for job in queued}
+    assert len(horses) > 1  # each job ran in a work horse of its own
