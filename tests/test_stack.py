@@ -72,9 +72,16 @@ def test_compose_commands_name_code_that_exists() -> None:
 
 
 def test_compose_publishes_ports_on_localhost_only() -> None:
-    """The dashboard has no login and the databases default passwords: nothing on 0.0.0.0."""
+    """The databases have default passwords: nothing is published on 0.0.0.0."""
     services = _load("docker-compose.yml")["services"]
     published = [(name, p) for name, s in services.items() for p in s.get("ports", [])]
     assert published
     for name, port in published:
         assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_the_dashboard_gets_the_credentials_it_needs_off_loopback() -> None:
+    """jobtrace web listens on 0.0.0.0 in its container, so the stack hands it a token."""
+    dashboard = _load("docker-compose.yml")["services"]["dashboard"]
+    assert "--host 0.0.0.0" in dashboard["command"]
+    assert "JOBTRACE_WEB_TOKEN" in dashboard["environment"]
