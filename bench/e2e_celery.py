@@ -7,7 +7,8 @@ task counts itself in Redis when its own sends are done. A worker reads ``BENCH_
 * ``contrib``: ``opentelemetry-instrumentation-celery``, in ``worker_process_init`` as its guide
   says for prefork;
 * ``spans``, ``lineage``: ``jobtrace.configure()`` then ``instrument_celery(app)``, here in the
-  module that creates the app, as jobtrace's guide says (``JOBTRACE_RECORD`` tells them apart).
+  module that creates the app, as jobtrace's guide says (``JOBTRACE_RECORD`` tells them apart;
+  ``BENCH_E2E_NO_FLUSH=1`` adds ``flush_on_job_end=False``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from celery import Celery
 from e2e_common import (
     JOB_KWARGS,
     MODE_ENV,
+    NO_FLUSH_ENV,
     PREFIX_ENV,
     PROFILE_ENV,
     QUEUE_ENV,
@@ -91,7 +93,10 @@ def _setup_worker(mode: str) -> None:
     if setup_worker_telemetry(mode, "bench-e2e-celery"):
         from jobtrace.integrations.celery import instrument_celery
 
-        instrument_celery(app)
+        if os.environ.get(NO_FLUSH_ENV) == "1":  # --celery-no-flush: the per-task flush's share
+            instrument_celery(app, flush_on_job_end=False)
+        else:
+            instrument_celery(app)
     elif mode == "contrib":
         from celery.signals import worker_process_init
 

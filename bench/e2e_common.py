@@ -32,6 +32,8 @@ MODE_ENV, REDIS_ENV, QUEUE_ENV, PREFIX_ENV, PROFILE_ENV = (
     "BENCH_E2E_PREFIX",
     "BENCH_E2E_PROFILE",
 )
+#: Set to ``1`` (``--celery-no-flush``): Celery's jobtrace workers get ``flush_on_job_end=False``.
+NO_FLUSH_ENV = "BENCH_E2E_NO_FLUSH"
 #: Modes whose worker installs its own providers with exporters that drop everything.
 LOCAL_EXPORT = ("bare", "contrib", "spans", "lineage")
 #: Modes that configure jobtrace (``jobtrace.configure`` and the integration's instrument function).

@@ -44,6 +44,8 @@ whose export is skipped (the exporter known to be down) costs less than one that
 median ``perform()`` of the jobs (from RQ's ``started_at`` / ``ended_at``, flush included) is printed
 beside it. A round that runs out of ``--timeout`` gives an estimate from the jobs done so far.
 
+``--celery-no-flush`` instruments Celery's jobtrace workers with ``flush_on_job_end=False``, to
+tell the share of the flush after each task (on by default in prefork children) from the rest.
 ``--profile DIR`` runs every RQ work horse and Celery pool child under cProfile and prints, per
 mode, where their time went (ms per job); profiling slows them, so such a run's ratios are not
 the figures. The header names the commit and a digest of ``src/`` as measured. The database
@@ -85,6 +87,7 @@ from typing import Any
 import e2e_common  # the worker modules import it by this name too, from bench/
 from e2e_common import (
     MODE_ENV,
+    NO_FLUSH_ENV,
     PREFIX_ENV,
     PROFILE_ENV,
     QUEUE_ENV,
@@ -120,6 +123,7 @@ class Round:
 
     wall: float
     cpu: float
+    main_cpu: float = 0.0
     job_ms: list[float] = field(default_factory=list)
 
 
@@ -159,10 +163,13 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def session_cpu(session: int) -> float:
-    """CPU seconds of the processes of one session, with their reaped children (RQ's horses)."""
+def session_cpu(session: int) -> tuple[float, float]:
+    """CPU seconds of one session: its leader (the worker's main process), and the rest.
+
+    The rest is the pool children, or RQ's work horses once reaped (their parent's ``cutime``).
+    """
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    leader = rest = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -170,9 +177,15 @@ def session_cpu(session: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        if int(fields[3]) == session:  # utime, stime, cutime, cstime follow at 11 to 14
-            total += sum(int(value) for value in fields[11:15])
-    return total / ticks
+        if int(fields[3]) != session:
+            continue
+        utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+        if int(entry.name) == session:
+            leader += utime + stime
+            rest += cutime + cstime
+        else:
+            rest += utime + stime + cutime + cstime
+    return leader / ticks, rest / ticks
 
 
 def kill_session(session: int) -> None:
@@ -244,6 +257,8 @@ class Bench:
         )
         if mode in self.endpoints:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.endpoints[mode]
+        if self.options.celery_no_flush and system == "celery":
+            env[NO_FLUSH_ENV] = "1"
         if self.options.profile:
             folder = self.profile_dir(system, mode)
             folder.mkdir(parents=True, exist_ok=True)
@@ -316,8 +331,10 @@ class Bench:
                 kill_session(process.pid)  # a horse left behind by its worker
         self.workers = {}
 
-    def cpu(self, mode: str) -> float:
-        return sum(session_cpu(process.pid) for process in self.workers[mode])
+    def cpu(self, mode: str) -> tuple[float, float]:
+        """CPU seconds of the mode's workers: main processes, pool children or horses."""
+        parts = [session_cpu(process.pid) for process in self.workers[mode]]
+        return sum(part[0] for part in parts), sum(part[1] for part in parts)
 
     def check_alive(self, mode: str) -> None:
         for process in self.workers[mode]:
@@ -367,7 +384,8 @@ class Bench:
                 time.sleep(0.002)
         wall = time.perf_counter() - started
         time.sleep(SETTLE)
-        result = Round(wall=wall, cpu=self.cpu(mode) - cpu)
+        main, children = self.cpu(mode)
+        result = Round(wall=wall, cpu=main + children - sum(cpu), main_cpu=main - cpu[0])
         if system == "rq":
             result.job_ms = self.job_durations(key)
         return result
@@ -479,9 +497,10 @@ def report(system: str, bench: Bench, samples: dict[str, list[Round]]) -> dict[s
     for mode in modes:
         walls = [r.wall for r in samples[mode]]
         cpus = [r.cpu / jobs * 1000 for r in samples[mode]]
+        main = statistics.median(r.main_cpu for r in samples[mode]) / jobs * 1000
         print(
             f"  {mode:>8}: wall {spread(walls)} s | {statistics.median(walls) / jobs * 1000:6.2f} ms"
-            f" per job | worker CPU {spread(cpus, 2)} ms per job"
+            f" per job | worker CPU {spread(cpus, 2)} ms per job (main processes {main:.2f})"
         )
     if any(r.job_ms for rounds in samples.values() for r in rounds):
         print(f"{system}: each job's perform() in its work horse, ms (median over a round's jobs)")
@@ -611,6 +630,11 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=900, help="longest round, seconds (900)")
     parser.add_argument(
+        "--celery-no-flush",
+        action="store_true",
+        help="Celery's jobtrace workers with flush_on_job_end=False (the per-task flush's share)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="cProfile every RQ work horse and Celery pool child into DIR (slows them: figures"
@@ -638,6 +662,8 @@ def main() -> None:
         f" load average {load()}"
     )
     print(f"src: {src_state()}")
+    if options.celery_no_flush:
+        print("celery: jobtrace's workers run with flush_on_job_end=False (--celery-no-flush)")
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-e2e-"))
     try:
         if options.exporter_down:
