@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from jobtrace.cli import render
+from jobtrace.cli import prune as prune_cli
 from jobtrace.lineage.export import FORMATS, export_tree, jsonable
 from jobtrace.lineage.queries import FAILURES, MAX_DEPTH, STUCK_AFTER, LineageStore
 
@@ -461,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=S",
         help="the stalled threshold of one job name (repeatable)",
     )
+
+    prune_cli.configure(add("prune", prune_cli.cmd_prune, prune_cli.HELP, read))
 
     web = add("web", cmd_web, "serve the dashboard: runs, stage tables, jobs, trace links", url)
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")

@@ -94,6 +94,8 @@ class Job(Base):
         Index(None, "parent_job_id", "state"),
         Index(None, "state", "heartbeat_at"),
         Index(None, "depth", "enqueued_at"),
+        # Prune finds the runs whose rows are old from this index alone.
+        Index(None, "updated_at", "root_job_id"),
         # Few jobs are delayed: a partial index finds a run's not-yet-due jobs without a scan.
         Index(
             None,
