@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 logger = logging.getLogger("jobtrace")
 
@@ -132,6 +132,25 @@ class JobInfo:
     span_id: str | None = None
 
 
+def _record(kind: RecordKind, info: JobInfo, state: JobState, **step: Any) -> JobRecord:
+    """The record of one step: the job's identity from ``info``, the step's own fields."""
+    return JobRecord(
+        kind,
+        info.job_id,
+        info.attempt,
+        info.name,
+        state,
+        info.queue,
+        info.system,
+        info.parent_job_id,
+        info.root_job_id,
+        info.depth,
+        info.trace_id,
+        info.span_id,
+        **step,
+    )
+
+
 def enqueued(
     info: JobInfo,
     *,
@@ -140,23 +159,7 @@ def enqueued(
     due_at: float | None = None,
 ) -> JobRecord:
     """The record of a send: the job waits in its queue (scheduled when ``due_at`` is later)."""
-    return JobRecord(
-        "enqueued",
-        info.job_id,
-        info.attempt,
-        info.name,
-        JobState.QUEUED,
-        info.queue,
-        info.system,
-        info.parent_job_id,
-        info.root_job_id,
-        info.depth,
-        info.trace_id,
-        info.span_id,
-        args,
-        enqueued_at=at,
-        due_at=due_at,
-    )
+    return _record("enqueued", info, JobState.QUEUED, args=args, enqueued_at=at, due_at=due_at)
 
 
 def started(
@@ -169,20 +172,11 @@ def started(
     pid: int | None = None,
 ) -> JobRecord:
     """The record of an attempt that began running here."""
-    return JobRecord(
+    return _record(
         "started",
-        info.job_id,
-        info.attempt,
-        info.name,
+        info,
         JobState.RUNNING,
-        info.queue,
-        info.system,
-        info.parent_job_id,
-        info.root_job_id,
-        info.depth,
-        info.trace_id,
-        info.span_id,
-        args,
+        args=args,
         host=host,
         pid=pid,
         enqueued_at=enqueued_at,
@@ -193,22 +187,7 @@ def started(
 
 def heartbeat(info: JobInfo, *, at: float, progress: float | None = None) -> JobRecord:
     """The record of a running attempt saying it is alive (and how far it got)."""
-    return JobRecord(
-        "heartbeat",
-        info.job_id,
-        info.attempt,
-        info.name,
-        JobState.RUNNING,
-        info.queue,
-        info.system,
-        info.parent_job_id,
-        info.root_job_id,
-        info.depth,
-        info.trace_id,
-        info.span_id,
-        progress=progress,
-        heartbeat_at=at,
-    )
+    return _record("heartbeat", info, JobState.RUNNING, progress=progress, heartbeat_at=at)
 
 
 def finished(
@@ -225,27 +204,17 @@ def finished(
     pid: int | None = None,
 ) -> JobRecord:
     """The record of an attempt's outcome, as the attempt itself saw it end."""
-    return JobRecord(
+    return _record(
         "finished",
-        info.job_id,
-        info.attempt,
-        info.name,
+        info,
         state,
-        info.queue,
-        info.system,
-        info.parent_job_id,
-        info.root_job_id,
-        info.depth,
-        info.trace_id,
-        info.span_id,
-        None,
-        items,
-        progress,
-        error_type,
-        error_message,
-        reason,
-        host,
-        pid,
+        items=items,
+        progress=progress,
+        error_type=error_type,
+        error_message=error_message,
+        reason=reason,
+        host=host,
+        pid=pid,
         finished_at=at,
         heartbeat_at=at if host is not None else None,
     )
@@ -256,22 +225,7 @@ def unrun(info: JobInfo, state: JobState, *, at: float, reason: str) -> JobRecor
 
     Nothing ran in this process, so the record says nothing about a host or a heartbeat.
     """
-    return JobRecord(
-        "finished",
-        info.job_id,
-        info.attempt,
-        info.name,
-        state,
-        info.queue,
-        info.system,
-        info.parent_job_id,
-        info.root_job_id,
-        info.depth,
-        info.trace_id,
-        info.span_id,
-        reason=reason,
-        finished_at=at,
-    )
+    return _record("finished", info, state, reason=reason, finished_at=at)
 
 
 RecordSink = Callable[[JobRecord], None]
