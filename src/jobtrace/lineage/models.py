@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import DateTime, Float, Index, Integer, MetaData, String, Text, text
+from sqlalchemy import DateTime, Float, Index, Integer, MetaData, String, Text, func, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -104,7 +104,30 @@ class Job(Base):
             sqlite_where=text("due_at IS NOT NULL"),
             postgresql_where=text("due_at IS NOT NULL"),
         ),
+        # The runs of one root job name, newest first: only roots are in it (one row per run).
+        # ``depth`` is there for SQLite, to prefer it to ``(depth, enqueued_at)``.
+        Index(
+            None,
+            "name",
+            "depth",
+            "enqueued_at",
+            sqlite_where=text("depth = 0"),
+            postgresql_where=text("depth = 0"),
+        ),
     )
+
+
+#: Roots without an enqueue time (a placeholder, a job whose enqueue was not recorded) by when
+#: they were first heard of, as the runs list orders them. ``depth`` leads although the
+#: predicate fixes it, so SQLite prefers it to ``(depth, enqueued_at)``.
+Index(
+    "ix_jobtrace_jobs_heard_roots",
+    Job.depth,
+    func.coalesce(Job.started_at, Job.updated_at),
+    Job.job_id,
+    sqlite_where=text("depth = 0 AND enqueued_at IS NULL"),
+    postgresql_where=text("depth = 0 AND enqueued_at IS NULL"),
+)
 
 
 class Attempt(Base):

@@ -307,12 +307,15 @@ def _rules(
 
 def _require_schema(engine: Engine) -> None:
     """Refuse a store without the index prune walks: without it every step would scan the table."""
+    if engine.dialect.name == "sqlite":
+        found = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = :name"
+    else:
+        found = "SELECT 1 FROM pg_indexes WHERE indexname = :name"
     with _connect(engine) as conn:
-        inspector = inspect(conn)
         where = safe_url(engine.url.render_as_string(hide_password=False))
-        if not inspector.has_table(JOBS.name):
+        if not inspect(conn).has_table(JOBS.name):
             raise StoreError(f"{where} has no jobtrace schema: run `jobtrace db upgrade`")
-        if _INDEX not in {index["name"] for index in inspector.get_indexes(JOBS.name)}:
+        if conn.execute(text(found), {"name": _INDEX}).first() is None:
             raise StoreError(
                 f"{where} has an older jobtrace schema than prune needs (revision 0005):"
                 " run `jobtrace db upgrade`"

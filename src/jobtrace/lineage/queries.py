@@ -41,6 +41,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -983,7 +984,8 @@ def _walk_up(conn: Connection, job_id: str, limit: int) -> tuple[dict[str, JobRo
 
 def _runs(conn: Connection, limit: int, name: str | None = None) -> list[RunSummary]:
     """The latest ``limit`` root jobs with their counts per state over the whole run."""
-    roots_stmt = select(JOBS).where(JOBS.c.depth == 0)
+    # ``depth = 0`` as a literal: the partial indexes of roots (revision 0005) must see it.
+    roots_stmt = select(JOBS).where(JOBS.c.depth == literal_column("0"))
     if name is not None:
         roots_stmt = roots_stmt.where(JOBS.c.name == name)
     # Two steps instead of one ORDER BY a coalesce or NULLS LAST, either of which would keep
@@ -997,11 +999,14 @@ def _runs(conn: Connection, limit: int, name: str | None = None) -> list[RunSumm
         .limit(limit),
     )
     unenqueued = roots_stmt.where(JOBS.c.enqueued_at.is_(None))
+    heard_of = unenqueued.where(heard.is_not(None))  # in the order of ix_jobtrace_jobs_heard_roots
     if roots and len(roots) == limit:  # only those newer than the oldest listed can make it
-        unenqueued = unenqueued.where(heard >= roots[-1].enqueued_at)
-    roots += _job_rows(
-        conn, unenqueued.order_by(heard.desc().nulls_last(), JOBS.c.job_id.desc()).limit(limit)
-    )
+        heard_of = heard_of.where(heard >= roots[-1].enqueued_at)
+    roots += _job_rows(conn, heard_of.order_by(heard.desc(), JOBS.c.job_id.desc()).limit(limit))
+    if len(roots) < limit:  # roots no record gave a time come last
+        roots += _job_rows(
+            conn, unenqueued.where(heard.is_(None)).order_by(JOBS.c.job_id.desc()).limit(limit)
+        )
     roots = sorted(roots, key=_run_order, reverse=True)[:limit]
     if not roots:
         return []
