@@ -41,6 +41,7 @@ from jobtrace._internal.metadata import (
 )
 from jobtrace._internal.producer import Enqueue
 from jobtrace._internal.redaction import call_args
+from jobtrace._internal.semconv import Server, redis_server
 from jobtrace._internal.telemetry import flush, in_forked_child
 from jobtrace.records import JobInfo, JobState
 
@@ -55,11 +56,13 @@ __all__ = [
     "QueueInstrumentor",
     "SendIncompleteError",
     "SendTracker",
+    "Server",
     "call_args",
     "import_integration",
     "in_forked_child",
     "metadata_entries",
     "read_job_metadata",
+    "redis_server",
 ]
 
 logger = logging.getLogger("jobtrace")
@@ -227,10 +230,12 @@ class Options:
         will_retry: RetryDecision = False,
         flush: bool | None = None,
         span: Span | None = None,
+        server: Server | None = None,
     ) -> JobRun:
         """A :class:`~jobtrace.JobRun` of this instrumentor (see :func:`jobtrace.trace_job`).
 
-        ``flush`` overrides :attr:`flush_on_job_end`; ``span`` adopts another instrumentation's.
+        ``flush`` overrides :attr:`flush_on_job_end`; ``span`` adopts another instrumentation's;
+        ``server`` is the broker's address and port (``server.address``, ``server.port``).
         """
         return JobRun(
             metadata,
@@ -245,6 +250,8 @@ class Options:
             span=span,
             tracer_provider=self.tracer_provider,
             meter_provider=self.meter_provider,
+            server_address=None if server is None else server[0],
+            server_port=None if server is None else server[1],
         )
 
     def send(
@@ -258,8 +265,12 @@ class Options:
         delay: float | None = None,
         carrier: MutableMapping[str, Any] | None = None,
         span: Span | None = None,
+        server: Server | None = None,
     ) -> Enqueue:
-        """An :class:`~jobtrace.Enqueue` of this instrumentor, not started yet."""
+        """An :class:`~jobtrace.Enqueue` of this instrumentor, not started yet.
+
+        ``server`` is the broker's address and port (``server.address``, ``server.port``).
+        """
         return Enqueue(
             name,
             queue=queue,
@@ -271,6 +282,9 @@ class Options:
             carrier=carrier,
             span=span,
             tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            server_address=None if server is None else server[0],
+            server_port=None if server is None else server[1],
         )
 
     def send_in_process(
@@ -300,6 +314,7 @@ class Options:
             carrier=carrier,
             span=caller,
         )
+        enqueue.published = False  # no broker saw it: not a message sent
         enqueue.start()
         enqueue.end()  # an adopted span: nothing to end
         return enqueue

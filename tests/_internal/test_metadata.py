@@ -465,3 +465,38 @@ def test_a_flood_of_bad_jobs_is_rate_limited(
     assert len(warnings) == md._limiter.burst + 2
     assert "f-500" in warnings[-1].getMessage()
     assert f"{500 - md._limiter.burst} more like it" in warnings[-1].getMessage()
+
+
+# -- the due time (contract 1.1) ----------------------------------------------------------------
+
+
+def test_a_delayed_job_carries_its_due_time_as_version_1_1() -> None:
+    """``prepare_enqueue(delay=...)`` writes ``jobtrace-due-at`` (enqueued-at + delay) and 1.1."""
+    delayed = jobtrace.prepare_enqueue("Later", delay=90)
+    assert delayed[md.KEY_VERSION] == "1.1"
+    due = float(delayed[md.KEY_DUE_AT])
+    assert due == pytest.approx(float(delayed[md.KEY_ENQUEUED_AT]) + 90, abs=1e-3)
+    now = jobtrace.prepare_enqueue("Now")
+    assert now[md.KEY_VERSION] == "1"
+    assert md.KEY_DUE_AT not in now
+
+
+def test_due_time_reads_back_and_its_number_forms(caplog: pytest.LogCaptureFixture) -> None:
+    """``jobtrace-due-at`` reads back as text or a JSON number, quietly, under version 1.1."""
+    base = {md.KEY_VERSION: "1.1", md.KEY_JOB_ID: "d-1", md.KEY_ENQUEUED_AT: "1732345678.5"}
+    assert _read_quietly({**base, md.KEY_DUE_AT: "1732349278.5"}, caplog).due_at == 1732349278.5
+    assert _read_quietly({**base, md.KEY_DUE_AT: 1732349278}, caplog).due_at == 1732349278.0
+    assert _read_quietly(base, caplog).due_at is None
+
+
+def test_a_malformed_due_time_is_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A due time that is no decimal (or out of range) costs a warning and the due time only."""
+    with caplog.at_level(logging.WARNING, logger="jobtrace"):
+        incoming = md.read_metadata(
+            {md.KEY_VERSION: "1.1", md.KEY_JOB_ID: "d-2", md.KEY_DUE_AT: "tomorrow"},
+            job_description="job Later d-2",
+        )
+    assert incoming.due_at is None
+    assert incoming.job_id == "d-2"
+    (warning,) = _jobtrace_warnings(caplog)
+    assert md.KEY_DUE_AT in warning.getMessage()

@@ -36,12 +36,15 @@ def test_job_metrics_by_name_queue_and_outcome(telemetry: CapturedTelemetry) -> 
                     raise TimeoutError
         except TimeoutError:
             pass
-    duration: list[Any] = telemetry.metric_points("jobtrace.job.duration")
+    duration: list[Any] = telemetry.metric_points("messaging.process.duration")
     assert _point_attributes(duration) == [
         {
+            "messaging.system": "jobtrace",
+            "messaging.operation.name": "process",
             "jobtrace.job.name": "Fetch",
             "messaging.destination.name": "io",
             "jobtrace.job.outcome": o,
+            **({"error.type": "TimeoutError"} if o == "failed" else {}),
         }
         for o in ("failed", "succeeded")
     ]

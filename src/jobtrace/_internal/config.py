@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from jobtrace._internal.semconv import SPAN_NAMES, SpanNames
+
 Relationship = Literal["child", "link", "none"]
 RELATIONSHIPS: frozenset[str] = frozenset(get_args(Relationship))
 
@@ -45,6 +47,9 @@ class Settings:
         max_attribute_length: Longest string a custom attribute keeps, in characters.
         record_args: Whether job arguments are recorded at all.
         error_on_retry: Whether a failed attempt that will be retried gets ERROR status.
+        span_names: ``job`` names spans ``process <job name>`` / ``send <job name>``;
+            ``conventions`` names them ``process <queue>`` / ``send <queue>``, as the messaging
+            conventions do.
         flush_on_job_end: Flush telemetry when a job ends: ``None`` does it in forked processes only.
         flush_timeout: Longest wait for a flush, in seconds.
     """
@@ -58,6 +63,7 @@ class Settings:
     max_attribute_length: int = 4096
     record_args: bool = True
     error_on_retry: bool = False
+    span_names: SpanNames = "job"
     flush_on_job_end: bool | None = None
     flush_timeout: float = 5.0
 
@@ -102,6 +108,10 @@ def update_settings(**changes: Any) -> Settings:
         for value in by_name.values():
             _check_relationship(value)
         changes["relationship_by_name"] = by_name
+    if "span_names" in changes and changes["span_names"] not in SPAN_NAMES:
+        raise ValueError(
+            f"span_names must be one of {sorted(SPAN_NAMES)}, not {changes['span_names']!r}"
+        )
     if "redact_keys" in changes:
         changes["redact_keys"] = frozenset(k.lower() for k in _as_iterable(changes["redact_keys"]))
     _settings = dataclasses.replace(_settings, **changes)

@@ -56,6 +56,7 @@ class JobRun:
     sets its attributes, links and outcome on it and records the lineage, and leaves recording
     the exception and ending the span to its owner. ``tracer_provider`` and ``meter_provider``
     (an instrumentor's) replace the global providers for this run's span, metrics and flush.
+    ``server_address`` and ``server_port`` name the broker the job came from, when known.
     """
 
     def __init__(
@@ -73,6 +74,8 @@ class JobRun:
         span: Span | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        server_address: str | None = None,
+        server_port: int | None = None,
     ) -> None:
         self.metadata = metadata
         self.name = name
@@ -86,12 +89,14 @@ class JobRun:
         self.adopted_span = span
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self.server = semconv.server_of(server_address, server_port)
         self.state: JobState | None = None
         self.info: records.JobInfo | None = None
         self._job: current.ActiveJob | None = None
         self._context_token: object | None = None
         self._job_token: Token[current.ActiveJob | None] | None = None
         self._started_at = 0.0
+        self._messaging: dict[str, str | int] = {}
 
     # -- starting -------------------------------------------------------------------------------
 
@@ -132,13 +137,28 @@ class JobRun:
             semconv.JOB_ATTEMPT: attempt,
             semconv.RELATIONSHIP: relationship,
         }
+        # The conventions' attributes of the job's metrics: its span has them too.
+        messaging: dict[str, str | int] = {
+            semconv.MESSAGING_SYSTEM: self.system,
+            semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_PROCESS,
+        }
         if self.queue is not None:
+            messaging[semconv.MESSAGING_DESTINATION_NAME] = self.queue
             attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
+        if self.server is not None:
+            server = semconv.server_attributes(self.server)
+            messaging.update(server)
+            attributes.update(server)
+        self._messaging = messaging
         if incoming.parent_job_id is not None:
             attributes[semconv.JOB_PARENT_ID] = incoming.parent_job_id
         queue_wait = None
         if incoming.enqueued_at is not None and attempt == 1:
-            queue_wait = max(0.0, now - incoming.enqueued_at)
+            # From when the job was due: a job delayed an hour has not waited that hour.
+            due = incoming.enqueued_at
+            if incoming.due_at is not None and incoming.due_at > due:
+                due = incoming.due_at
+            queue_wait = max(0.0, now - due)
             attributes[semconv.JOB_QUEUE_WAIT] = queue_wait
         recorded_args = args_text(settings, self.args)
         if recorded_args is not None:
@@ -146,7 +166,9 @@ class JobRun:
         span = self.adopted_span
         if span is None:
             span = tracer(self.tracer_provider).start_span(
-                f"process {self.name}",
+                semconv.span_name(
+                    semconv.OPERATION_PROCESS, self.name, self.queue, settings.span_names
+                ),
                 context=parent_context,
                 kind=SpanKind.CONSUMER,
                 attributes=attributes,
@@ -174,10 +196,10 @@ class JobRun:
         self._context_token = otel_context.attach(trace.set_span_in_context(span, parent_context))
         self._job_token = current._current.set(self._job)
         self.state = JobState.RUNNING
+        metrics = instruments(self.meter_provider)
+        metrics.consumed.add(tuple(messaging.items()))
         if queue_wait is not None:
-            instruments(self.meter_provider).queue_wait.record(
-                queue_wait, self._metric_attributes()
-            )
+            metrics.queue_wait.record(queue_wait, self._metric_attributes())
         if records.has_sinks():
             records.emit(
                 records.started(
@@ -254,15 +276,20 @@ class JobRun:
                 attributes[semconv.JOB_WILL_RETRY] = True
                 span.add_event(semconv.EVENT_RETRY, {"jobtrace.job.attempt": info.attempt})
                 if settings.error_on_retry:
-                    span.set_status(Status(StatusCode.ERROR, message[:200]))
+                    span.set_status(
+                        Status(StatusCode.ERROR, semconv.status_description(message, error_type))
+                    )
             elif outcome is not JobState.CANCELLED:
                 attributes[semconv.JOB_WILL_RETRY] = False
                 span.add_event(semconv.EVENT_FAILED, {"jobtrace.job.attempt": info.attempt})
-                span.set_status(Status(StatusCode.ERROR, message[:200]))
+                span.set_status(
+                    Status(StatusCode.ERROR, semconv.status_description(message, error_type))
+                )
         elif outcome is JobState.DISCARDED:
             error_type = reason or "discarded"
             attributes[semconv.ERROR_TYPE] = error_type
-            span.set_status(Status(StatusCode.ERROR, reason))
+            # The reason is error.type already (and jobtrace.job.outcome_reason): no description.
+            span.set_status(Status(StatusCode.ERROR))
         if outcome in (JobState.DISCARDED, JobState.CANCELLED, JobState.SKIPPED):
             span.add_event(
                 semconv.EVENT_OUTCOME, {"outcome": outcome.value, "reason": reason or ""}
@@ -273,7 +300,10 @@ class JobRun:
         finished = time.time()
         metric_attributes = self._metric_attributes(outcome)
         metrics = instruments(self.meter_provider)
-        metrics.duration.record(finished - self._started_at, metric_attributes)
+        process_attributes: dict[str, str | int] = {**self._messaging, **metric_attributes}
+        if error_type is not None:
+            process_attributes[semconv.ERROR_TYPE] = error_type
+        metrics.process_duration.record(finished - self._started_at, process_attributes)
         metrics.outcomes.add(tuple(metric_attributes.items()))
         if records.has_sinks():
             records.emit(

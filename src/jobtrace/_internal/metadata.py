@@ -34,6 +34,8 @@ from jobtrace._internal.config import RELATIONSHIPS, Relationship
 logger = logging.getLogger("jobtrace")
 
 VERSION = "1"
+VERSION_1_1 = "1.1"
+"""Written instead of ``VERSION`` by a producer that writes a key added in 1.1 (``jobtrace-due-at``)."""
 
 KEY_VERSION = "jobtrace-version"
 KEY_JOB_ID = "jobtrace-job-id"
@@ -41,6 +43,7 @@ KEY_PARENT_JOB_ID = "jobtrace-parent-job-id"
 KEY_ROOT_JOB_ID = "jobtrace-root-job-id"
 KEY_DEPTH = "jobtrace-depth"
 KEY_ENQUEUED_AT = "jobtrace-enqueued-at"
+KEY_DUE_AT = "jobtrace-due-at"  # 1.1
 KEY_RELATIONSHIP = "jobtrace-relationship"
 KEY_ATTEMPT = "jobtrace-attempt"
 KEY_PREVIOUS_SPAN = "jobtrace-previous-span"
@@ -52,6 +55,7 @@ LINEAGE_KEYS = (
     KEY_ROOT_JOB_ID,
     KEY_DEPTH,
     KEY_ENQUEUED_AT,
+    KEY_DUE_AT,
     KEY_RELATIONSHIP,
     KEY_ATTEMPT,
     KEY_PREVIOUS_SPAN,
@@ -64,10 +68,11 @@ _PRODUCER_KEYS = (
     KEY_ROOT_JOB_ID,
     KEY_DEPTH,
     KEY_ENQUEUED_AT,
+    KEY_DUE_AT,
     KEY_RELATIONSHIP,
 )
 # Keys whose value may come as a JSON number instead of its decimal string.
-_NUMERIC_KEYS = frozenset({KEY_VERSION, KEY_DEPTH, KEY_ATTEMPT, KEY_ENQUEUED_AT})
+_NUMERIC_KEYS = frozenset({KEY_VERSION, KEY_DEPTH, KEY_ATTEMPT, KEY_ENQUEUED_AT, KEY_DUE_AT})
 
 MAX_ID_LENGTH = 255
 MAX_VALUE_LENGTH = 8192  # W3C baggage's own limit; nothing legitimate here is longer
@@ -97,6 +102,8 @@ class Incoming:
     relationship: Relationship | None
     attempt: int | None
     previous_span: SpanContext | None
+    due_at: float | None = None
+    """When a delayed job became due to run (1.1); ``None`` for a job due when enqueued."""
 
 
 _EMPTY = Incoming(None, None, None, None, None, None, None, None, None)
@@ -544,7 +551,7 @@ def _read(metadata: object, job_description: str) -> Incoming:
     carrier = _sanitise(metadata, problems)
     context = _trace_context(carrier, problems) if carrier else None
     version = carrier.get(KEY_VERSION)
-    if version != VERSION:
+    if version != VERSION and version != VERSION_1_1:
         _check_version(version, carrier, problems, job_description)
     relationship = carrier.get(KEY_RELATIONSHIP)
     if relationship is not None and relationship not in RELATIONSHIPS:
@@ -566,6 +573,7 @@ def _read(metadata: object, job_description: str) -> Incoming:
         relationship=relationship,  # type: ignore[arg-type]
         attempt=_read_int(carrier, KEY_ATTEMPT, 1, MAX_ATTEMPT, problems),
         previous_span=previous_span,
+        due_at=_read_float(carrier, KEY_DUE_AT, problems),
     )
     if problems:
         _warn(
@@ -600,15 +608,23 @@ def write_lineage(
     depth: int,
     enqueued_at: float,
     relationship: Relationship,
+    due_at: float | None = None,
 ) -> None:
-    """Write the lineage keys of a job about to be enqueued."""
-    carrier[KEY_VERSION] = VERSION
+    """Write the lineage keys of a job about to be enqueued.
+
+    Args:
+        due_at: When a delayed job may run (Unix seconds); writes ``jobtrace-due-at`` and so
+            contract version 1.1. ``None`` for a job that may run at once.
+    """
+    carrier[KEY_VERSION] = VERSION if due_at is None else VERSION_1_1
     carrier[KEY_JOB_ID] = job_id
     if parent_job_id is not None:
         carrier[KEY_PARENT_JOB_ID] = parent_job_id
     carrier[KEY_ROOT_JOB_ID] = root_job_id
     carrier[KEY_DEPTH] = str(depth)
     carrier[KEY_ENQUEUED_AT] = f"{enqueued_at:.6f}"
+    if due_at is not None:
+        carrier[KEY_DUE_AT] = f"{due_at:.6f}"
     carrier[KEY_RELATIONSHIP] = relationship
 
 

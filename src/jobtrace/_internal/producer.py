@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from jobtrace import records
@@ -18,7 +19,7 @@ from jobtrace._internal.config import Relationship, Settings, get_settings
 from jobtrace._internal.current import active_job, record_exception
 from jobtrace._internal.metadata import producer_job_id, write_lineage
 from jobtrace._internal.redaction import args_text, safe_str
-from jobtrace._internal.telemetry import tracer
+from jobtrace._internal.telemetry import instruments, tracer
 
 logger = logging.getLogger("jobtrace")
 
@@ -41,7 +42,12 @@ class Enqueue:
 
     ``span`` adopts a send span another instrumentation already started for this job instead of
     starting a second one: jobtrace sets its attributes on it and writes the metadata, and leaves
-    ending the span to its owner. ``tracer_provider`` (an instrumentor's) replaces the global one.
+    ending the span to its owner. ``tracer_provider`` and ``meter_provider`` (an instrumentor's)
+    replace the global ones. ``server_address`` and ``server_port`` name the broker, when known.
+
+    Attributes:
+        published: Whether the job is handed to a broker, and so counted and timed in the
+            ``messaging.client.*`` metrics; an integration's in-process run (an eager mode) is not.
     """
 
     def __init__(
@@ -57,6 +63,9 @@ class Enqueue:
         carrier: MutableMapping[str, Any] | None = None,
         span: trace.Span | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        server_address: str | None = None,
+        server_port: int | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -70,7 +79,11 @@ class Enqueue:
         self.relationship: Relationship = "child"
         self.adopted_span = span
         self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.server = semconv.server_of(server_address, server_port)
+        self.published = True
         self._span: trace.Span | None = None
+        self._sent_at: float | None = None
 
     def start(self) -> MutableMapping[str, Any]:
         """Start the span and write the metadata; returns the metadata (the carrier, if given)."""
@@ -112,6 +125,8 @@ class Enqueue:
         }
         if self.queue is not None:
             attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
+        if self.server is not None:
+            attributes.update(semconv.server_attributes(self.server))
         if parent_job_id is not None:
             attributes[semconv.JOB_PARENT_ID] = parent_job_id
         if self.delay:
@@ -122,11 +137,17 @@ class Enqueue:
         span = self.adopted_span
         if span is None:
             span = tracer(self.tracer_provider).start_span(
-                f"send {self.name}", kind=SpanKind.PRODUCER, attributes=attributes
+                semconv.span_name(
+                    semconv.OPERATION_SEND, self.name, self.queue, settings.span_names
+                ),
+                kind=SpanKind.PRODUCER,
+                attributes=attributes,
             )
         else:
             span.set_attributes(attributes)
         self._span = span
+        self._sent_at = now
+        due_at = now + self.delay if self.delay and self.delay > 0 else None
         if self.relationship != "none":
             try:
                 propagate.inject(self.metadata, context=trace.set_span_in_context(span))
@@ -143,6 +164,7 @@ class Enqueue:
             depth=depth,
             enqueued_at=now,
             relationship=self.relationship,
+            due_at=due_at,
         )
         if records.has_sinks():
             span_context = span.get_span_context()
@@ -156,22 +178,53 @@ class Enqueue:
                 system=self.system,
                 trace_id=f"{span_context.trace_id:032x}",
             )
-            due_at = now + self.delay if self.delay and self.delay > 0 else None
             records.emit(records.enqueued(info, at=now, args=recorded_args, due_at=due_at))
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span; an ``error`` (the send failed) marks it as an error."""
         span, self._span = self._span, None
-        if span is None or span is self.adopted_span:
+        if span is None:
+            return
+        error_type = None if error is None else semconv.error_type(error)
+        self._measure(error_type)
+        if span is self.adopted_span:
             return
         try:
             if error is not None:
                 record_exception(span, error)
-                span.set_attribute(semconv.ERROR_TYPE, semconv.error_type(error))
-                span.set_status(Status(StatusCode.ERROR, safe_str(error, 200)))
+                span.set_attribute(semconv.ERROR_TYPE, error_type)
+                span.set_status(
+                    Status(
+                        StatusCode.ERROR,
+                        semconv.status_description(safe_str(error, 200), error_type),
+                    )
+                )
             span.end()
         except Exception:
             logger.warning("jobtrace: ending the send span of %s failed", self.name, exc_info=True)
+
+    def _measure(self, error_type: str | None) -> None:
+        """The send's ``messaging.client.sent.messages`` and ``.operation.duration``."""
+        sent_at, self._sent_at = self._sent_at, None
+        if sent_at is None or not self.published:
+            return
+        try:
+            attributes: dict[str, str | int] = {
+                semconv.MESSAGING_SYSTEM: self.system,
+                semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_SEND,
+            }
+            if self.queue is not None:
+                attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
+            if self.server is not None:
+                attributes.update(semconv.server_attributes(self.server))
+            if error_type is not None:
+                attributes[semconv.ERROR_TYPE] = error_type
+            metrics = instruments(self.meter_provider)
+            metrics.sent.add(tuple(attributes.items()))
+            attributes[semconv.MESSAGING_OPERATION_TYPE] = semconv.OPERATION_SEND
+            metrics.operation_duration.record(max(0.0, time.time() - sent_at), attributes)
+        except Exception:
+            logger.warning("jobtrace: measuring the send of %s failed", self.name, exc_info=True)
 
     def __enter__(self) -> Enqueue:
         self.start()

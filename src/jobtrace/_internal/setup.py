@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from jobtrace._internal import semconv
 from jobtrace._internal.config import Relationship, update_settings
+from jobtrace._internal.semconv import SpanNames
 
 logger = logging.getLogger("jobtrace")
 
@@ -137,6 +138,7 @@ def configure(
     max_args_length: int = _UNSET,
     record_args: bool = _UNSET,
     error_on_retry: bool = _UNSET,
+    span_names: SpanNames = _UNSET,
     flush_on_job_end: bool | None = _UNSET,
 ) -> None:
     """Set jobtrace up in one call; safe to call again (it only changes what it is given).
@@ -160,6 +162,8 @@ def configure(
         max_args_length: Longest recorded argument JSON.
         record_args: Record job arguments at all.
         error_on_retry: Give failed attempts that will be retried ERROR status too.
+        span_names: ``job`` (default) names spans ``process <job name>``, ``send <job name>``;
+            ``conventions`` names them ``process <queue>``, ``send <queue>``.
         flush_on_job_end: Flush at the end of every job (``None``: in forked processes only).
     """
     changes = {
@@ -173,6 +177,7 @@ def configure(
             ("max_args_length", max_args_length),
             ("record_args", record_args),
             ("error_on_retry", error_on_retry),
+            ("span_names", span_names),
             ("flush_on_job_end", flush_on_job_end),
         )
         if value is not _UNSET

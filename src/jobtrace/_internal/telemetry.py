@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
@@ -55,26 +55,27 @@ def tracer(provider: trace.TracerProvider | None = None) -> trace.Tracer:
 
 
 class OutcomeTally:
-    """Job runs of this process counted by attribute set, for an asynchronous counter.
+    """Job runs (or messages) of this process counted by attribute set, for an asynchronous counter.
 
     A dict increment per job instead of a synchronous ``Counter.add``, which costs the SDK an
     attribute hash, a lock and an exemplar per call: the counts are exact either way, and the
     SDK's work is paid once per attribute set per collection, not once per job. One tally per
-    process: every meter provider's counter observes it, from the moment it was registered
-    (a provider installed later, or the SDK keeping the first of two registrations, loses nothing).
+    counter and process: every meter provider's counter observes it, from the moment it was
+    registered (a provider installed later, or the SDK keeping the first of two registrations,
+    loses nothing).
     """
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self._counts: dict[TallyKey, int] = {}
         self._lock = threading.Lock()
         self._generation = 0
 
-    def add(self, attributes: tuple[tuple[str, str], ...]) -> None:
-        """Count one job run with these (already ordered) attributes."""
+    def add(self, attributes: TallyKey) -> None:
+        """Count one job run (or message) with these (already ordered) attributes."""
         with self._lock:
             self._counts[attributes] = self._counts.get(attributes, 0) + 1
 
-    def _snapshot(self) -> tuple[int, dict[tuple[tuple[str, str], ...], int]]:
+    def _snapshot(self) -> tuple[int, dict[TallyKey, int]]:
         with self._lock:
             return self._generation, dict(self._counts)
 
@@ -105,16 +106,32 @@ class OutcomeTally:
         self._generation += 1
 
 
+TallyKey = tuple[tuple[str, str | int], ...]
+"""A counted attribute set, as ``tuple(attributes.items())``."""
+
 OUTCOMES = OutcomeTally()
+"""``jobtrace.job.outcomes``: job runs by name, queue and outcome."""
+CONSUMED = OutcomeTally()
+"""``messaging.client.consumed.messages``: jobs delivered to this process, counted as they start."""
+SENT = OutcomeTally()
+"""``messaging.client.sent.messages``: jobs this process sent, counted as each send ends."""
+_TALLIES = (OUTCOMES, CONSUMED, SENT)
 
 
 @dataclass(frozen=True, slots=True)
 class Instruments:
-    """The three job metrics, attributed by job name, queue and outcome."""
+    """The job metrics: the messaging conventions' four, and jobtrace's queue wait and outcomes.
 
-    duration: Histogram
+    ``jobtrace.job.duration`` is gone: ``messaging.process.duration`` carries the job's name and
+    outcome as well, and one histogram record per job is cheaper than two of the same value.
+    """
+
+    process_duration: Histogram
     queue_wait: Histogram
+    operation_duration: Histogram
     outcomes: OutcomeTally
+    consumed: OutcomeTally
+    sent: OutcomeTally
 
 
 _instruments_cache: tuple[object, Instruments] | None = None
@@ -125,7 +142,7 @@ def instruments(provider: MeterProvider | None = None) -> Instruments:
     if provider is not None:
         found = _given_instruments.get(provider)
         if found is None:
-            with _given_lock:  # made once: each registers the outcome counter's callback
+            with _given_lock:  # made once: each registers the counters' callbacks
                 found = _given_instruments.get(provider)
                 if found is None:
                     found = _given_instruments[provider] = _create_instruments(provider)
@@ -140,24 +157,58 @@ def instruments(provider: MeterProvider | None = None) -> Instruments:
     return new
 
 
+def _histogram(meter: Meter, name: str, description: str, buckets: Sequence[float]) -> Histogram:
+    """A histogram in seconds with the API's bucket advisory (a View of the application wins)."""
+    try:
+        return meter.create_histogram(
+            name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+    except TypeError:  # a meter implementation that predates the advisory (API < 1.23)
+        return meter.create_histogram(name, unit="s", description=description)
+
+
 def _create_instruments(provider: MeterProvider) -> Instruments:
     meter: Meter = provider.get_meter(SCOPE, __version__)
-    meter.create_observable_counter(
-        semconv.METRIC_OUTCOMES,
-        callbacks=[OUTCOMES.callback()],
-        unit="{job}",
-        description="Job runs by outcome.",
-    )
-    return Instruments(
-        duration=meter.create_histogram(
-            semconv.METRIC_DURATION, unit="s", description="How long job runs take."
+    for name, tally, unit, description in (
+        (semconv.METRIC_OUTCOMES, OUTCOMES, "{job}", "Job runs by outcome."),
+        (
+            semconv.METRIC_CONSUMED_MESSAGES,
+            CONSUMED,
+            "{message}",
+            "Number of messages that were delivered to the application.",
         ),
-        queue_wait=meter.create_histogram(
+        (
+            semconv.METRIC_SENT_MESSAGES,
+            SENT,
+            "{message}",
+            "Number of messages producer attempted to send to the broker.",
+        ),
+    ):
+        meter.create_observable_counter(
+            name, callbacks=[tally.callback()], unit=unit, description=description
+        )
+    return Instruments(
+        process_duration=_histogram(
+            meter,
+            semconv.METRIC_PROCESS_DURATION,
+            "Duration of processing operation.",
+            semconv.JOB_DURATION_BUCKETS,
+        ),
+        queue_wait=_histogram(
+            meter,
             semconv.METRIC_QUEUE_WAIT,
-            unit="s",
-            description="How long jobs wait between enqueue and start.",
+            "How long jobs wait between becoming due (enqueued, or their delay over) and start.",
+            semconv.JOB_DURATION_BUCKETS,
+        ),
+        operation_duration=_histogram(
+            meter,
+            semconv.METRIC_OPERATION_DURATION,
+            "Duration of messaging operation initiated by a producer or consumer client.",
+            semconv.CLIENT_DURATION_BUCKETS,
         ),
         outcomes=OUTCOMES,
+        consumed=CONSUMED,
+        sent=SENT,
     )
 
 
@@ -167,7 +218,8 @@ _main_pid = os.getpid()
 def _note_fork() -> None:
     global _in_forked_child
     _in_forked_child = True
-    OUTCOMES.restart_in_child()
+    for tally in _TALLIES:
+        tally.restart_in_child()
 
 
 _in_forked_child = False

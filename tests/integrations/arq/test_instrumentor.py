@@ -229,7 +229,7 @@ async def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(
     data = reader.get_metrics_data()
     assert data is not None
     names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
-    assert "jobtrace.job.duration" in names
+    assert {"messaging.process.duration", "messaging.client.sent.messages"} <= names
 
 
 def test_instrument_arq_without_arq_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -455,3 +455,24 @@ def test_entry_point_is_activated_by_auto_instrumentation(disabled: bool, tmp_pa
     )
     expected = "False False" if disabled else "True True"
     assert result.stdout.strip() == expected, result.stderr
+
+
+async def test_send_and_run_name_the_redis_server(
+    telemetry: CapturedTelemetry, pool: ArqRedis
+) -> None:
+    """The send (the producer's pool) and the run (the worker's pool) carry the Redis server as
+    ``server.address``/``server.port``, on their spans and on the messaging metrics."""
+    instrument_arq(record=False)
+    job = await pool.enqueue_job("quick", 4)
+    assert job is not None
+    await run_burst(make_worker(pool))
+
+    assert await job.result(timeout=5) == 8
+    (send,) = telemetry.send_spans("quick")
+    (run,) = telemetry.process_spans("quick")
+    for span in (send, run):
+        attributes = span.attributes or {}
+        assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", 6379)
+    for name in ("messaging.client.sent.messages", "messaging.process.duration"):
+        (point,) = telemetry.metric_points(name)
+        assert dict(point.attributes)["server.address"] == "127.0.0.1"

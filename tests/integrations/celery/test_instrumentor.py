@@ -248,7 +248,7 @@ def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(
     data = reader.get_metrics_data()
     assert data is not None
     names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
-    assert "jobtrace.job.duration" in names
+    assert {"messaging.process.duration", "messaging.client.sent.messages"} <= names
 
 
 def test_publish_writes_the_metadata_into_the_headers(
@@ -424,3 +424,39 @@ def test_after_auto_instrumentation_is_a_post_instrument_entry_point() -> None:
         if point.name == "jobtrace-celery"
     ]
     assert ours.load() is after_auto_instrumentation
+
+
+@pytest.mark.parametrize(
+    ("broker", "server"),
+    [
+        ("amqp://guest:guest@rabbit.example:5673/jobs", ("rabbit.example", 5673)),
+        ("pyamqp://", ("localhost", 5672)),
+        ("redis://:secret@127.0.0.1:6380/1", ("127.0.0.1", 6380)),
+        ("redis+socket:///run/redis.sock", ("/run/redis.sock", None)),
+        ("amqp://first.example;amqp://second.example", ("first.example", 5672)),
+        ("memory://", None),
+    ],
+)
+def test_the_broker_server_comes_from_the_apps_broker_url(
+    broker: str, server: tuple[str, int | None] | None
+) -> None:
+    """``server.address``/``port`` are read from the broker URL without connecting (default port
+    filled in, the first of a failover list); an in-process transport has none."""
+    from jobtrace.integrations.celery._instrumentor import _broker_server
+
+    app = Celery("servers", broker=broker, set_as_current=False)
+    assert _broker_server(app) == server
+
+
+def test_a_publish_is_counted_without_a_server_on_the_memory_transport(
+    instrumentor: CeleryInstrumentor, telemetry: CapturedTelemetry
+) -> None:
+    """A publish counts in ``messaging.client.sent.messages``; the memory transport names no
+    server, and an eager run (never published) is no message sent."""
+    instrument_celery(record=False)
+    memory_app().tasks["Child"].delay(1)
+    memory_app(eager=True).tasks["Child"].delay(2)
+    (sent,) = telemetry.metric_points("messaging.client.sent.messages")
+    assert sent.value == 1
+    assert "server.address" not in dict(sent.attributes)
+    assert all("server.address" not in (span.attributes or {}) for span in telemetry.spans())

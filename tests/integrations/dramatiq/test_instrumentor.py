@@ -218,7 +218,7 @@ def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(
     data = reader.get_metrics_data()
     assert data is not None
     names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
-    assert "jobtrace.job.duration" in names
+    assert {"messaging.process.duration", "messaging.client.sent.messages"} <= names
     broker.close()
 
 
@@ -326,3 +326,23 @@ def test_opentelemetry_instrument_loads_the_entry_point(disabled: str, expected:
     )
     assert result.returncode == 0, result.stderr
     assert f"first: {expected}" in result.stdout, result.stderr
+
+
+def test_the_broker_server_of_redis_and_rabbitmq_brokers() -> None:
+    """``server.address``/``port`` come from a Redis broker's client or a RabbitMQ broker's
+    connection parameters (the first of a failover list), without connecting; a stub has none."""
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    from dramatiq.brokers.redis import RedisBroker
+
+    from jobtrace.integrations.dramatiq._instrumentor import _broker_server
+
+    redis_broker = RedisBroker(url="redis://redis.example:6390/0")
+    rabbit = RabbitmqBroker(url="amqp://guest:guest@first.example:5673/%2F;amqp://second.example")
+    stub = StubBroker()
+    try:
+        assert _broker_server(redis_broker) == ("redis.example", 6390)
+        assert _broker_server(rabbit) == ("first.example", 5673)
+        assert _broker_server(stub) is None
+    finally:
+        for broker in (redis_broker, rabbit, stub):
+            broker.close()

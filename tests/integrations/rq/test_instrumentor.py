@@ -204,7 +204,7 @@ def test_tracer_and_meter_providers_given_get_the_spans_and_metrics(rq_setup: RQ
     data = reader.get_metrics_data()
     assert data is not None
     names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
-    assert "jobtrace.job.duration" in names
+    assert {"messaging.process.duration", "messaging.client.sent.messages"} <= names
 
 
 def test_instrument_rq_without_rq_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,3 +258,20 @@ def test_opentelemetry_instrument_activates_the_entry_point(disabled: str, expec
         check=False,
     )
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_send_and_run_name_the_redis_server(rq_setup: RQSetup) -> None:
+    """The send and the run carry the queue's Redis server as ``server.address``/``server.port``,
+    on their spans and on the messaging metrics."""
+    rq_setup.queue.enqueue(jobs.quick, 5)
+    SimpleWorker([rq_setup.queue], connection=rq_setup.connection).work(burst=True)
+    telemetry = rq_setup.telemetry
+    (send,) = telemetry.send_spans("tests.integrations.rq.jobs.quick")
+    (run,) = telemetry.process_spans("tests.integrations.rq.jobs.quick")
+    for span in (send, run):
+        attributes = span.attributes or {}
+        assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", 6379)
+    for name in ("messaging.client.sent.messages", "messaging.process.duration"):
+        (point,) = telemetry.metric_points(name)
+        assert dict(point.attributes)["server.address"] == "127.0.0.1"
+        assert dict(point.attributes)["server.port"] == 6379

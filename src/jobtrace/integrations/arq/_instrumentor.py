@@ -37,6 +37,7 @@ from jobtrace.instrumentation import (
     Options,
     QueueInstrumentor,
     call_args,
+    redis_server,
 )
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ async def _prepare_send(
         job_id=given_id or uuid.uuid4().hex,
         args=call_args(args, {k: v for k, v in kwargs.items() if k not in _ARQ_KEYWORDS}),
         delay=_delay(kwargs.get("_defer_by"), kwargs.get("_defer_until")),
+        server=redis_server(redis),
     )
 
 
@@ -284,6 +286,7 @@ async def _start_run(
             queue=worker.queue_name,
             attempt=job_try if isinstance(job_try, int) and job_try > 0 else None,
             args=call_args(args, kwargs),
+            server=redis_server(worker.pool),
         )
     except Exception:
         logger.warning("jobtrace: tracing arq job %s failed", function.name, exc_info=True)

@@ -33,6 +33,7 @@ from jobtrace.instrumentation import (
     QueueInstrumentor,
     SendIncompleteError,
     SendTracker,
+    Server,
     call_args,
     metadata_entries,
 )
@@ -202,6 +203,7 @@ class CeleryInstrumentor(QueueInstrumentor):
             delay=_delay(headers.get("eta")),
             carrier=headers,
             span=self._adopt(),
+            server=_broker_server(celery.current_app._get_current_object()),
         )
         enqueue.start()
         self._sends.track(task_id, enqueue)
@@ -242,6 +244,7 @@ class CeleryInstrumentor(QueueInstrumentor):
                 attempt=_attempt(request.retries, carrier),
                 args=call,
                 span=adopted,
+                server=None if request.is_eager else _broker_server(task.app),
             )
             run.start()
         except Exception:
@@ -552,6 +555,39 @@ def _body_args(body: object) -> Any:
         if isinstance(args, (list, tuple)) and isinstance(kwargs, Mapping):
             return call_args(args, kwargs)
     return None
+
+
+# The broker of each app, read from its configuration once: (the URLs it was read from, server).
+_servers: weakref.WeakKeyDictionary[Any, tuple[object, Server | None]] = weakref.WeakKeyDictionary()
+_IN_PROCESS_TRANSPORTS = frozenset({"memory", "filesystem", "cache"})
+
+
+def _broker_server(app: Any) -> Server | None:
+    """The broker host and port of ``app``'s connection for publishing; ``None`` if in-process.
+
+    Read without connecting (kombu parses the URL and fills in the transport's default port);
+    the first URL of a failover list. Cached per app until its broker settings change.
+    """
+    try:
+        conf = app.conf
+        urls = (conf.broker_write_url, conf.broker_url)
+        cached = _servers.get(app)
+        if cached is not None and cached[0] == urls:
+            return cached[1]
+        server: Server | None = None
+        with app.connection_for_write() as connection:
+            info = connection.info()
+        host, port = info.get("hostname"), info.get("port")
+        if info.get("transport") not in _IN_PROCESS_TRANSPORTS and isinstance(host, str) and host:
+            if "://" in host:  # a socket URL (redis+socket:///path): the path is the address
+                host, port = host.split("://", 1)[1] or None, None
+            if host:
+                valid_port = isinstance(port, int) and 0 < port < 65536
+                server = (host, port if valid_port else None)
+        _servers[app] = (urls, server)
+        return server
+    except Exception:
+        return None
 
 
 def _delay(eta: object) -> float | None:

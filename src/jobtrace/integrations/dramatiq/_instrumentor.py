@@ -30,7 +30,9 @@ from jobtrace.instrumentation import (
     QueueInstrumentor,
     SendIncompleteError,
     SendTracker,
+    Server,
     call_args,
+    redis_server,
 )
 
 __all__ = ["OPTIONS_KEY", "SYSTEM", "DramatiqInstrumentor", "JobtraceMiddleware"]
@@ -113,11 +115,11 @@ class JobtraceMiddleware(Middleware):
     def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         """Start the ``send`` span and write the metadata, or carry retry keys into a retried copy."""
         try:
-            self._before_enqueue(message, delay)
+            self._before_enqueue(broker, message, delay)
         except Exception:
             logger.warning("jobtrace: tracing the enqueue of %s failed", message, exc_info=True)
 
-    def _before_enqueue(self, message: Message[Any], delay: int | None) -> None:
+    def _before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         options = message.options
         carrier = options.get(OPTIONS_KEY)
         running = self._state.processing.get(message.message_id)
@@ -137,6 +139,7 @@ class JobtraceMiddleware(Middleware):
             args=call_args(message.args, message.kwargs),
             delay=delay / 1000 if delay else None,
             carrier=metadata,
+            server=_broker_server(broker),
         )
         enqueue.start()
         # A new dict: message copies share the options' values, never mutate one in place.
@@ -152,13 +155,13 @@ class JobtraceMiddleware(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         """Start the job's span and make it the current job for the actor."""
         try:
-            run = self._start_run(message)
+            run = self._start_run(broker, message)
         except Exception:
             logger.warning("jobtrace: tracing message %s failed", message, exc_info=True)
             return
         self._state.processing[message.message_id] = _Processing(run)
 
-    def _start_run(self, message: MessageProxy) -> JobRun:
+    def _start_run(self, broker: Broker, message: MessageProxy) -> JobRun:
         options = message.options
         retries = options.get("retries", 0)
         attempt = retries + 1 if isinstance(retries, int) and retries >= 0 else None
@@ -169,6 +172,7 @@ class JobtraceMiddleware(Middleware):
             queue=q_name(message.queue_name),
             attempt=attempt,
             args=call_args(message.args, message.kwargs),
+            server=_broker_server(broker),
         )
         return run.start()
 
@@ -207,7 +211,7 @@ class JobtraceMiddleware(Middleware):
         """A middleware skipped the message: ``skipped``, or ``discarded`` if it also failed it."""
         processing = self._state.processing.pop(message.message_id, None)
         try:
-            run = processing.run if processing is not None else self._start_run(message)
+            run = processing.run if processing is not None else self._start_run(broker, message)
         except Exception:
             logger.warning("jobtrace: tracing skipped message %s failed", message, exc_info=True)
             return
@@ -268,6 +272,23 @@ def _is_resend(message: Message[Any], carrier: object, *, consumer_thread: bool)
         return True  # the broker retrying its publish, or the same message sent again
     retries = message.options.get("retries")
     return isinstance(retries, int) and retries > 0  # re-enqueued by Retries after our hook
+
+
+def _broker_server(broker: Broker) -> Server | None:
+    """The server of a Redis or RabbitMQ broker (the first of a failover list); else ``None``."""
+    try:
+        client = getattr(broker, "client", None)
+        if client is not None:
+            return redis_server(client)
+        parameters = getattr(broker, "parameters", None)
+        if isinstance(parameters, list):
+            parameters = parameters[0] if parameters else None
+        host, port = getattr(parameters, "host", None), getattr(parameters, "port", None)
+        if not isinstance(host, str) or not host:
+            return None
+        return host, port if isinstance(port, int) and 0 < port < 65536 else None
+    except Exception:
+        return None
 
 
 def _retries_middleware(broker: Broker) -> Retries | None:

@@ -31,6 +31,7 @@ from jobtrace.instrumentation import (
     call_args,
     in_forked_child,
     read_job_metadata,
+    redis_server,
 )
 
 __all__ = ["SYSTEM", "RQInstrumentor", "RetryLimitExceededError", "job_state"]
@@ -127,6 +128,7 @@ def _start_send(queue: Queue, job: Job, delay: float | None = None) -> Enqueue |
             args=_job_args(job),
             delay=delay,
             carrier=job.meta,
+            server=redis_server(queue.connection),
         )
     except Exception:
         logger.warning("jobtrace: tracing the enqueue of an RQ job failed", exc_info=True)
@@ -273,6 +275,7 @@ def _start_run(job: Job) -> JobRun | None:
             queue=job.origin,
             args=_job_args(job),
             flush=flush,
+            server=redis_server(job.connection),
         )
         setattr(job, _PERFORMED, True)
     except Exception:
