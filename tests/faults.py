@@ -2,7 +2,9 @@
 
 ``refuse()`` closes every connection and refuses new ones (a service that is down); ``blackhole()``
 accepts connections and swallows their bytes without an answer (a host that vanished from the
-network); ``heal()`` goes back to forwarding. Tests point a client at :attr:`TcpProxy.url_port`.
+network); ``pause()`` keeps every connection open and stops moving bytes either way, to move them
+again at ``heal()`` (a frozen process, a long GC pause); ``heal()`` goes back to forwarding. Tests
+point a client at :attr:`TcpProxy.port`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Literal
 
-Mode = Literal["forward", "refuse", "blackhole"]
+Mode = Literal["forward", "refuse", "blackhole", "pause"]
 
 
 class TcpProxy:
@@ -40,8 +43,12 @@ class TcpProxy:
         self.mode = "blackhole"
         self._drop_all()
 
+    def pause(self) -> None:
+        """Hold every connection, old and new, open without moving a byte until ``heal()``."""
+        self.mode = "pause"
+
     def heal(self) -> None:
-        """Forward again."""
+        """Forward again (what a pause held back goes through now)."""
         self.mode = "forward"
 
     def close(self) -> None:
@@ -82,8 +89,11 @@ class TcpProxy:
             self._open.add(upstream)
         pair = {client: upstream, upstream: client}
         try:
-            while self.mode == "forward":
-                readable, _, _ = select.select(list(pair), [], [], 0.2)
+            while self.mode in ("forward", "pause") and not self._closed:
+                if self.mode == "pause":
+                    time.sleep(0.02)
+                    continue
+                readable, _, _ = select.select(list(pair), [], [], 0.05)
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:

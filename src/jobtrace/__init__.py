@@ -21,6 +21,7 @@ from jobtrace._internal.current import (
     set_attributes,
     skip,
 )
+from jobtrace._internal.delivery import TelemetryStatus, telemetry_status
 from jobtrace._internal.producer import Enqueue, prepare_enqueue
 from jobtrace._internal.setup import configure
 from jobtrace._internal.telemetry import flush
@@ -34,6 +35,7 @@ __all__ = [
     "JobState",
     "Relationship",
     "Settings",
+    "TelemetryStatus",
     "__version__",
     "add_event",
     "cancel",
@@ -50,6 +52,7 @@ __all__ = [
     "set_attribute",
     "set_attributes",
     "skip",
+    "telemetry_status",
     "trace_job",
     "wrap_job",
 ]

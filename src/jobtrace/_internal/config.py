@@ -7,6 +7,8 @@ reads one global without a lock.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +53,10 @@ class Settings:
             ``conventions`` names them ``process <queue>`` / ``send <queue>``, as the messaging
             conventions do.
         flush_on_job_end: Flush telemetry when a job ends: ``None`` does it in forked processes only.
-        flush_timeout: Longest wait for a flush, in seconds.
+        flush_timeout: Longest a job's end waits for its spans, metrics and lineage records to go
+            out, in seconds: one budget shared by the three, not one each.
+        exit_timeout: Longest a process exit waits for the same, in seconds; also how long one
+            export of jobtrace's OTLP exporters may take, retries included.
     """
 
     relationship: Relationship = "child"
@@ -65,7 +70,8 @@ class Settings:
     error_on_retry: bool = False
     span_names: SpanNames = "job"
     flush_on_job_end: bool | None = None
-    flush_timeout: float = 5.0
+    flush_timeout: float = 1.0
+    exit_timeout: float = 3.0
 
     def relationship_for(self, job_name: str) -> Relationship:
         """The configured relationship for ``job_name``, before automatic ``link`` rules."""
@@ -78,6 +84,30 @@ def _check_relationship(value: str) -> Relationship:
     return value  # type: ignore[return-value]
 
 
+def check_seconds(name: str, value: object) -> float:
+    """``value`` as a number of seconds, not negative; ``ValueError``/``TypeError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
+    return seconds
+
+
+def _seconds_from_env(variable: str, default: float) -> float:
+    """A duration from the environment; a bad value costs a warning, never the import."""
+    raw = os.environ.get(variable)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return check_seconds(variable, float(raw))
+    except ValueError:
+        logging.getLogger("jobtrace").warning(
+            "jobtrace: %s=%r is not a number of seconds; using %s", variable, raw, default
+        )
+        return default
+
+
 def _from_env() -> Settings:
     """Settings from ``JOBTRACE_*`` variables, so workers can be tuned without code."""
     base = Settings()
@@ -87,6 +117,8 @@ def _from_env() -> Settings:
         base,
         relationship=_check_relationship(relationship) if relationship else base.relationship,
         record_args=base.record_args if record_args is None else record_args != "0",
+        flush_timeout=_seconds_from_env("JOBTRACE_FLUSH_TIMEOUT", base.flush_timeout),
+        exit_timeout=_seconds_from_env("JOBTRACE_EXIT_TIMEOUT", base.exit_timeout),
     )
 
 
@@ -114,6 +146,9 @@ def update_settings(**changes: Any) -> Settings:
         )
     if "redact_keys" in changes:
         changes["redact_keys"] = frozenset(k.lower() for k in _as_iterable(changes["redact_keys"]))
+    for name in ("flush_timeout", "exit_timeout"):
+        if name in changes:
+            changes[name] = check_seconds(name, changes[name])
     _settings = dataclasses.replace(_settings, **changes)
     return _settings
 

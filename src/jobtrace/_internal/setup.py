@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
-from jobtrace._internal import semconv
-from jobtrace._internal.config import Relationship, update_settings
+from jobtrace._internal import delivery, semconv
+from jobtrace._internal.config import Relationship, get_settings, update_settings
 from jobtrace._internal.semconv import SpanNames
 
 logger = logging.getLogger("jobtrace")
@@ -73,29 +73,46 @@ def _protocol(signal: str) -> str:
     )
 
 
+def _export_timeout(signal: str) -> float | None:
+    """How long one export may take, retries included: the exit budget, unless the user chose.
+
+    The SDK's default is 10 s an attempt, retried with back-off within it; an export stuck that
+    long holds the batch processor's lock and whatever waits on it.
+    """
+    if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") or os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT"
+    ):
+        return None  # the SDK reads the variable
+    return max(0.1, get_settings().exit_timeout)
+
+
 def _otlp_span_exporter() -> SpanExporter:
+    timeout = _export_timeout("TRACES")
     if _protocol("TRACES") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter()
+        return delivery.watch_exporter(OTLPSpanExporter(timeout=timeout), "traces")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HTTPSpanExporter,
     )
 
-    return HTTPSpanExporter()
+    return delivery.watch_exporter(HTTPSpanExporter(timeout=timeout), "traces")
 
 
 def _install_tracer_provider(resource: Resource, console: bool) -> bool:
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         return False
-    provider = TracerProvider(resource=resource)
+    # jobtrace shuts it down at exit itself, within exit_timeout (the SDK's hook can take minutes).
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     exporter_choice = os.environ.get("OTEL_TRACES_EXPORTER", "")
     if exporter_choice != "none":
         if _otlp_configured("TRACES") or exporter_choice == "otlp":
+            provider.add_span_processor(delivery.SpanTally())
             provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
         elif console:
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSummaryExporter()))
     trace.set_tracer_provider(provider)
+    delivery.adopt(provider, "traces")
     return True
 
 
@@ -118,8 +135,12 @@ def _install_meter_provider(resource: Resource) -> bool:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
             OTLPMetricExporter,
         )
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    timeout = _export_timeout("METRICS")
+    exporter = delivery.watch_exporter(OTLPMetricExporter(timeout=timeout), "metrics")
+    reader = PeriodicExportingMetricReader(exporter, export_timeout_millis=(timeout or 10.0) * 1000)
+    provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    metrics.set_meter_provider(provider)
+    delivery.adopt(provider, "metrics")
     return True
 
 
@@ -140,6 +161,8 @@ def configure(
     error_on_retry: bool = _UNSET,
     span_names: SpanNames = _UNSET,
     flush_on_job_end: bool | None = _UNSET,
+    flush_timeout: float = _UNSET,
+    exit_timeout: float = _UNSET,
 ) -> None:
     """Set jobtrace up in one call; safe to call again (it only changes what it is given).
 
@@ -165,6 +188,11 @@ def configure(
         span_names: ``job`` (default) names spans ``process <job name>``, ``send <job name>``;
             ``conventions`` names them ``process <queue>``, ``send <queue>``.
         flush_on_job_end: Flush at the end of every job (``None``: in forked processes only).
+        flush_timeout: Longest a job's end waits for its spans, metrics and records together, in
+            seconds (default 1; ``JOBTRACE_FLUSH_TIMEOUT``). An exporter or store that failed is
+            then skipped for a while instead of waited for.
+        exit_timeout: Longest the process exit waits for them, in seconds (default 3;
+            ``JOBTRACE_EXIT_TIMEOUT``); also the OTLP exporters' own timeout per export.
     """
     changes = {
         name: value
@@ -179,6 +207,8 @@ def configure(
             ("error_on_retry", error_on_retry),
             ("span_names", span_names),
             ("flush_on_job_end", flush_on_job_end),
+            ("flush_timeout", flush_timeout),
+            ("exit_timeout", exit_timeout),
         )
         if value is not _UNSET
     }
@@ -199,6 +229,9 @@ def configure(
             start_recorder(database_url)
         except Exception as error:
             logger.warning("jobtrace: lineage recording is off: %s", error)
+    delivery.register_metric()
+    # Registered after the recorder's own, so it runs first: one exit budget for everything.
+    delivery.arm_exit()
 
 
 _sqlalchemy_instrumented = False

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 
-from jobtrace import records
-from jobtrace._internal import semconv
+from jobtrace._internal import delivery, semconv
 from jobtrace._version import __version__
 
 logger = logging.getLogger("jobtrace")
@@ -234,19 +233,11 @@ def in_forked_child() -> bool:
 def flush(timeout: float, providers: Iterable[object] = ()) -> None:
     """Push out spans, metrics and lineage records now; never raises, never waits past ``timeout``.
 
+    The three share ``timeout``. An exporter or store that failed or timed out a moment ago is not
+    waited for: job ends skip it while it backs off (see :mod:`jobtrace._internal.delivery`).
+
     Args:
-        timeout: Seconds.
+        timeout: Seconds, for spans, metrics and records together.
         providers: Tracer and meter providers to flush besides the global ones (``None`` skipped).
     """
-    millis = max(1, int(timeout * 1000))
-    targets: list[object] = [trace.get_tracer_provider(), metrics.get_meter_provider()]
-    targets += [p for p in providers if p is not None and all(p is not t for t in targets)]
-    for provider in targets:
-        force_flush = getattr(provider, "force_flush", None)
-        if force_flush is None:
-            continue
-        try:
-            force_flush(millis)
-        except Exception:
-            logger.warning("jobtrace: flushing %r failed", provider, exc_info=True)
-    records.flush(timeout)
+    delivery.flush(timeout, providers)
