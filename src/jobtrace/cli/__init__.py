@@ -10,7 +10,8 @@
     jobtrace web [--port 8080]         a dashboard of the same, linking into the traces
     jobtrace reap | db upgrade | demo  maintenance, and the scenario-1 demo
 
-Every read command takes ``--json``. See ``docs/cli.md``.
+Every read command takes ``--json``; an ID may be a unique prefix (``7d1e…``). See
+``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from jobtrace.cli.commands import CliError, Context, build_parser
+from jobtrace.cli.render import ambiguous_message
 from jobtrace.lineage.models import Job
-from jobtrace.lineage.queries import JobNotFoundError
+from jobtrace.lineage.queries import AmbiguousJobIdError, JobNotFoundError
 
 __all__ = ["main"]
 
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(ctx))
     except JobNotFoundError as error:
         return _fail(f"no job {error.job_id!r} in the lineage store at {ctx.safe_url}")
+    except AmbiguousJobIdError as error:
+        return _fail(ambiguous_message(error))
     except CliError as error:
         return _fail(str(error))
     except KeyboardInterrupt:

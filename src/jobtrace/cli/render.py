@@ -1,8 +1,9 @@
 """Text for people: the stage tree, tables, colours; no database access here.
 
-On a terminal (and without ``NO_COLOR``) output gets ANSI colours and aligned columns; piped, it is
-plain text and tables are tab-separated so ``cut``, ``sort`` and ``awk`` read them. The ⚠ and ✗
-marks are part of the text either way.
+On a terminal (and without ``NO_COLOR``) output gets ANSI colours and aligned columns, and lines
+are cut to the terminal's width (:func:`fit`); piped, it is plain text, never cut, and tables are
+tab-separated so ``cut``, ``sort`` and ``awk`` read them. The ⚠ and ✗ marks are part of the text
+either way.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +23,7 @@ from jobtrace.lineage.queries import (
     PLACEHOLDER_NAME,
     UNKNOWN,
     UNKNOWN_DEPTH,
+    AmbiguousJobIdError,
     ErrorCount,
     FailingStage,
     FailureGroup,
@@ -578,6 +581,93 @@ def _delta(value: int, style: Style) -> str:
 
 def _top_error(errors: Sequence[ErrorCount]) -> str:
     return f"{errors[0].error} ×{errors[0].count:,}" if errors else "-"
+
+
+def reaped_lines(
+    groups: Sequence[tuple[str, Sequence[str]]],
+    jobs: Mapping[str, JobRow],
+    style: Style,
+    shown: int = 20,
+) -> list[str]:
+    """What ``reap`` did: counts, then the first ``shown`` jobs of each group as a table.
+
+    Args:
+        groups: ``(label, job ids)`` such as ``("crashed", [...])``.
+        jobs: The rows of the listed ids, read after reaping; an id without one shows ``-``.
+    """
+    lines = [", ".join(f"{len(ids):,} {label}" for label, ids in groups)]
+    rows = []
+    for label, ids in groups:
+        for job_id in ids[:shown]:
+            job = jobs.get(job_id)
+            rows.append(
+                [
+                    style.state(job.state if job else label, label),
+                    job_id,
+                    job.name if job else "-",
+                    (job.root_job_id or "?") if job else "-",
+                    (job.queue or "-") if job else "-",
+                ]
+            )
+    if rows:
+        lines += table(["reaped", "job id", "job", "run", "queue"], rows, style)
+    lines += [f"… {len(ids) - shown:,} more {label}" for label, ids in groups if len(ids) > shown]
+    return lines
+
+
+def ambiguous_message(error: AmbiguousJobIdError) -> str:
+    """``'7d1e' matches several jobs: 7d1e01 (PageJob), ...``: one line to pick the right one from."""
+    listed = ", ".join(f"{job.job_id} ({job.name})" for job in error.candidates)
+    more = ", … and more" if error.more else ""
+    return f"{error.prefix!r} matches several jobs: {listed}{more}; give more of the id"
+
+
+# Fitting a terminal.
+
+_ANSI_OR_CHAR = re.compile(r"\x1b\[[0-9;]*m|.", re.DOTALL)
+_RESET = "\x1b[0m"
+
+
+def columns(text: str) -> int:
+    """Terminal columns ``text`` takes: wide characters two, combining ones and ANSI codes none."""
+    if text.isascii():
+        return len(_ANSI.sub("", text))
+    return sum(_char_columns(c) for c in _ANSI_OR_CHAR.findall(text))
+
+
+def _char_columns(char: str) -> int:
+    if len(char) != 1:  # an ANSI code
+        return 0
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(lines: Iterable[str], width: int) -> list[str]:
+    """``lines`` cut to ``width`` columns, each cut one ending in ``…``, so none wraps.
+
+    Only the ends of lines go, so the guides of a tree and the first columns of a table stay
+    where they were; an ANSI colour open at the cut is closed.
+    """
+    width = max(width, 2)
+    return [line if columns(line) <= width else _cut(line, width) for line in lines]
+
+
+def _cut(line: str, width: int) -> str:
+    kept: list[str] = []
+    used = 0
+    painted = False
+    for piece in _ANSI_OR_CHAR.findall(line):
+        if len(piece) != 1:
+            kept.append(piece)
+            painted = piece != _RESET
+            continue
+        size = _char_columns(piece)
+        if used + size > width - 1:
+            break
+        kept.append(piece)
+        used += size
+    return "".join(kept) + "…" + (_RESET if painted else "")
 
 
 def dump_json(value: object, out: TextIO) -> None:
