@@ -223,6 +223,7 @@ def _print_tree(root_id: str, database_url: str | None) -> None:
     from jobtrace.cli import main as cli_main
 
     url_args = ["--database-url", database_url] if database_url else []
-    # The run lasted seconds: a stage that made no progress at all during it is stuck.
-    cli_main([*url_args, "tree", root_id, "--stuck-after", "0"])
-    cli_main([*url_args, "stats", root_id, "--stuck-after", "0"])
+    # The run lasted seconds: a stage that made no progress at all during it is stuck (a
+    # millisecond without progress; the option takes more than 0 seconds).
+    cli_main([*url_args, "tree", root_id, "--stuck-after", "0.001"])
+    cli_main([*url_args, "stats", root_id, "--stuck-after", "0.001"])

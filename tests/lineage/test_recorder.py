@@ -276,6 +276,9 @@ def test_four_processes_recording_at_once_lose_and_duplicate_nothing(store_url: 
         subprocess.Popen(
             [sys.executable, "-c", WRITER, store_url, str(n), str(children)],
             stderr=subprocess.PIPE,
+            # About concurrency, not the exit budget: on two busy cores the last batches of
+            # four writers can take longer than the default 3 s to land.
+            env={**os.environ, "JOBTRACE_EXIT_TIMEOUT": "60"},
         )
         for n in range(4)
     ]

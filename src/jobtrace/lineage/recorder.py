@@ -610,7 +610,7 @@ def _flush_at_exit() -> None:
     if recorder is None:
         return
     try:
-        recorder.flush(get_settings().flush_timeout)
+        recorder.flush(get_settings().exit_timeout)
         summary = recorder.summary()
     except Exception:
         logger.warning("jobtrace: flushing lineage records at exit failed", exc_info=True)
