@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -634,3 +635,56 @@ def test_reap_waits_for_missed_heartbeats_and_says_what_it_lost_track_of(
     assert json.loads(out) == {"crashed": [], "stalled": [], "lost": [lost]}
     with LineageStore(sqlite_url) as store:
         assert store.job(slow).state == "running"
+
+
+def test_runs_judges_health_as_the_dashboard_does(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """One failure in 380 is not an outage; a run waiting for days on a dead queue is stuck."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder(start=datetime.now(timezone.utc) - timedelta(days=3))
+    busy = builder.job("NightlySync", job_id="busy-run")
+    for n in range(379):
+        builder.job("PageJob", busy, state="failed" if n == 0 else "succeeded")
+    builder.job("PageJob", busy, state="running", started=3 * 86400 - 5, heartbeat=3 * 86400 - 1)
+    stuck = builder.job("NightlySync", job_id="stuck-run", enqueued=10)
+    builder.job("DetailJob", stuck, state="queued", enqueued=20)
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(capsys, "--database-url", sqlite_url, "runs")
+    assert code == 0
+    rows = {row[0]: row for row in csv.reader(io.StringIO(out), delimiter="\t")}
+    assert rows["root"][4:6] == ["health", "failed"]
+    assert rows["busy-run"][4:6] == ["running", "1 (0.3%)"]
+    assert rows["stuck-run"][4:6] == ["stuck", "0"]
+    _, out, _ = run_cli(capsys, "--database-url", sqlite_url, "runs", "--json")
+    health = {run["root"]["job_id"]: run for run in json.loads(out)}
+    assert health["busy-run"]["health"] == "running"
+    assert health["busy-run"]["failed_share"] == pytest.approx(1 / 381)
+    assert health["stuck-run"]["stuck_stages"] == 1
+
+
+def test_children_shows_what_tells_crashed_batches_apart(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    """Scenario 2: the shared upload path is cut, the document ids are shown; --full has all."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    upload = builder.job("UploadJob", job_id="upload-7")
+    path = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
+    for n in range(3):
+        builder.job(
+            "BatchJob",
+            upload,
+            job_id=f"batch-{n}",
+            state="crashed",
+            args={"upload": path, "document_ids": [n * 100 + i for i in range(4)]},
+        )
+    builder.insert(engine)
+    engine.dispose()
+    _, out, _ = run_cli(capsys, "--database-url", sqlite_url, "children", "upload-7")
+    assert '"document_ids":[100,101,102,103]' in out
+    assert '"document_ids":[200,201,202,203]' in out
+    assert path not in out
+    _, out, _ = run_cli(capsys, "--database-url", sqlite_url, "children", "upload-7", "--full")
+    assert out.count(path) == 6  # the crashed list and the table, three batches each

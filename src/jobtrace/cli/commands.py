@@ -17,6 +17,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 from jobtrace.cli import prune as prune_cli
 from jobtrace.cli import render
+from jobtrace.display import run_health, stuck_stage_count
 from jobtrace.lineage.export import FORMATS, export_tree, jsonable
 from jobtrace.lineage.queries import (
     FAILURES,
@@ -117,10 +119,10 @@ class Context:
         if self._store is not None:
             self._store.close()
 
-    def print(self, lines: list[str]) -> None:
-        """Write ``lines`` to ``out``, cut to the terminal's width on a terminal."""
+    def print(self, lines: list[str], *, whole: bool = False) -> None:
+        """Write ``lines`` to ``out``, cut to the terminal's width on a terminal unless ``whole``."""
         width = self.width
-        if width is not None:
+        if width is not None and not whole:
             lines = render.fit(lines, width)
         self.out.write("".join(line + "\n" for line in lines))
 
@@ -138,10 +140,30 @@ def _with(value: Any, *properties: str) -> dict[str, Any]:
 
 
 def cmd_runs(ctx: Context) -> int:
-    """The latest runs and their health."""
-    runs = ctx.store.runs(ctx.args.limit, name=ctx.args.name)
-    if ctx.args.json:
-        ctx.print_json([_with(run, "health", "failures", "active", "unknown") for run in runs])
+    """The latest runs and their health, as the dashboard judges it."""
+    a = ctx.args
+    store = ctx.store
+    now = datetime.now(timezone.utc)
+    runs = []
+    for summary in store.runs(a.limit, name=a.name):
+        stuck = 0
+        if summary.active:  # a run with nothing to do cannot be stuck: no query for it
+            stuck = stuck_stage_count(
+                store.stuck_stages(summary.root.job_id, a.stuck_after, now=now, samples=1)
+            )
+        runs.append((summary, run_health(summary, stuck_stages=stuck)))
+    if a.json:
+        ctx.print_json(
+            [
+                {
+                    **_with(summary, "failures", "active", "unknown"),
+                    "health": health.state,
+                    "failed_share": health.share,
+                    "stuck_stages": health.stuck_stages,
+                }
+                for summary, health in runs
+            ]
+        )
     elif not runs:
         ctx.print(["no runs recorded"])
     else:
@@ -161,7 +183,7 @@ def cmd_tree(ctx: Context) -> int:
     if a.json:
         ctx.print_json(overview)
     else:
-        ctx.print(render.overview_lines(overview, ctx.style))
+        ctx.print(render.overview_lines(overview, ctx.style, full=a.full), whole=a.full)
     return 0
 
 
@@ -197,11 +219,11 @@ def cmd_children(ctx: Context) -> int:
     if a.json:
         ctx.print_json({"progress": _with(progress, "fraction", "complete"), "children": children})
         return 0
-    lines = render.progress_lines(progress, children, ctx.style)
+    lines = render.progress_lines(progress, children, ctx.style, full=a.full)
     shown = progress.states.get(a.state, 0) if a.state else progress.total
     if shown > len(children):
         lines.append(f"… {shown - len(children):,} more (--limit)")
-    ctx.print(lines)
+    ctx.print(lines, whole=a.full)
     return 0
 
 
@@ -236,7 +258,7 @@ def cmd_why(ctx: Context) -> int:
     if ctx.args.json:
         ctx.print_json(why)
     else:
-        ctx.print(render.why_lines(why, ctx.style))
+        ctx.print(render.why_lines(why, ctx.style, full=ctx.args.full), whole=ctx.args.full)
     return 0
 
 
@@ -460,9 +482,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "runs": [
         ("runs", "the 20 latest runs"),
         ("runs --name SyncJob --limit 5", "the 5 latest runs of one root job"),
+        ("runs --stuck-after 3600", "stuck: a stage without progress for an hour"),
         (
-            "runs --json | jq -r '.[] | select(.health == \"failing\") | .root.job_id'",
-            "the root ids of the failing runs",
+            "runs --json | jq -r '.[] | select(.health == \"stuck\") | .root.job_id'",
+            "the root ids of the stuck runs",
         ),
     ],
     "tree": [
@@ -479,6 +502,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("children upload-7", "done / total, crashed children with their args"),
         ("children a91b --state discarded --limit 500", "a page's discarded children"),
         ("children PARENT --state scheduled", "children queued but not due yet"),
+        ("children upload-7 --state crashed --full", "the crashed batches' args in full"),
     ],
     "ancestors": [
         ("ancestors 7d1e…", "the path from the root down to a job, with trace ids"),
@@ -546,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     read = argparse.ArgumentParser(add_help=False, parents=[url])
     read.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    whole = argparse.ArgumentParser(add_help=False)
+    whole.add_argument(
+        "--full",
+        action="store_true",
+        help="args in full, lines never cut (args are otherwise cut where they differ)",
+    )
     marks = argparse.ArgumentParser(add_help=False)
     marks.add_argument(
         "--stuck-after",
@@ -593,6 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = add("runs", cmd_runs, "the latest pipeline runs and their health", read)
     runs.add_argument(
+        "--stuck-after",
+        type=_positive_seconds,
+        default=STUCK_AFTER,
+        metavar="S",
+        help=f"a run is stuck when a stage made no progress for S seconds ({STUCK_AFTER:g})",
+    )
+    runs.add_argument(
         "--limit",
         type=_limit,
         default=20,
@@ -607,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a job's subtree per stage; stuck ⚠ and failing ✗ stages",
         read,
         marks,
+        whole,
         notes=_IDS,
     )
     job_id(tree)
@@ -620,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job_id(stats)
     children = add(
-        "children", cmd_children, "a parent's progress and its children", read, notes=_IDS
+        "children", cmd_children, "a parent's progress and its children", read, whole, notes=_IDS
     )
     job_id(children)
     children.add_argument(
@@ -649,7 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"ancestors to list at most, the nearest, 1 to {MAX_LIMIT:,} ({MAX_DEPTH:,})",
     )
     why = add(
-        "why", cmd_why, "the path to a job and the earliest related failure", read, notes=_IDS
+        "why",
+        cmd_why,
+        "the path to a job and the earliest related failure",
+        read,
+        whole,
+        notes=_IDS,
     )
     job_id(why)
     diff = add("diff", cmd_diff, "two runs side by side, stage by stage", read, notes=_IDS)

@@ -14,9 +14,18 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TextIO
 
+from jobtrace.display import (
+    FAILING,
+    STUCK,
+    Health,
+    short,
+    shorten_args,
+    span,
+    state_order,
+    when,
+)
 from jobtrace.lineage.queries import (
     FAILURES,
     PENDING,
@@ -38,23 +47,6 @@ from jobtrace.lineage.queries import (
     Why,
 )
 
-STUCK = "⚠"
-FAILING = "✗"
-#: States in the order a reader scans them: what waits, what runs, how things ended.
-STATE_ORDER = (
-    "scheduled",
-    "queued",
-    "stalled",
-    "retrying",
-    "running",
-    "succeeded",
-    "skipped",
-    "cancelled",
-    "failed",
-    "discarded",
-    "crashed",
-    "unknown",
-)
 #: Stage levels the tree draws indented; deeper ones are listed flat under the last, with depths.
 DRAWN_LEVELS = 32
 #: Longest path ``why`` prints whole; a longer one keeps its ends (``ancestors`` lists it all).
@@ -115,49 +107,9 @@ def _state_style(state: str) -> tuple[str, ...]:
     return ("dim",)
 
 
-def state_order(states: Iterable[str]) -> list[str]:
-    """``states`` in reading order; unknown ones (a newer jobtrace's) last, by name."""
-    known = {state: index for index, state in enumerate(STATE_ORDER)}
-    return sorted(states, key=lambda s: (known.get(s, len(known)), s))
-
-
 def state_counts(states: Mapping[str, int], style: Style) -> str:
     """``queued 63 · running 3 · succeeded 70``."""
     return " · ".join(f"{style.state(s)} {states[s]:,}" for s in state_order(states))
-
-
-def when(moment: datetime | None) -> str:
-    """A UTC time to the second, ``-`` when unknown."""
-    if moment is None:
-        return "-"
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def span(seconds: float | None) -> str:
-    """A duration as people say it: ``850ms``, ``42s``, ``41m``, ``2h05m``, ``3d4h``."""
-    if seconds is None:
-        return "-"
-    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
-    if seconds < 1:
-        return f"{sign}{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{sign}{seconds:.3g}s"
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{sign}{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{sign}{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{sign}{days}d{hours}h"
-
-
-def short(text: str | None, width: int = 60) -> str:
-    """One line of at most ``width`` characters."""
-    if text is None:
-        return "-"
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def table(
@@ -217,7 +169,7 @@ def depth_text(depth: int | None) -> str:
 # The tree of scenario 1.
 
 
-def overview_lines(overview: Overview, style: Style) -> list[str]:
+def overview_lines(overview: Overview, style: Style, *, full: bool = False) -> list[str]:
     """The stage tree under the overview's job, stuck stages marked ⚠ and failing ones ✗.
 
     Drawn without recursion, and indented :data:`DRAWN_LEVELS` deep at most: the stages below
@@ -254,9 +206,11 @@ def overview_lines(overview: Overview, style: Style) -> list[str]:
 
     def details(stage: Stage) -> list[str]:
         key = (stage.depth, stage.name)
-        lines = [_stuck_line(item, style) for item in stuck.get(key, [])]
+        lines = [_stuck_line(item, style, full) for item in stuck.get(key, [])]
         if key in failing:
-            lines += [_failure_line(g, failing[key], style) for g in failures.get(key, [])[:3]]
+            lines += [
+                _failure_line(g, failing[key], style, full) for g in failures.get(key, [])[:3]
+            ]
         return lines
 
     root_stage = next(
@@ -310,11 +264,19 @@ def overview_lines(overview: Overview, style: Style) -> list[str]:
     return lines
 
 
-def _stuck_line(item: StuckStage, style: Style) -> str:
+def _args(texts: Sequence[str | None], width: int, full: bool) -> list[str]:
+    """Args as a row shows them: cut where the samples differ, or whole with ``--full``."""
+    if full:
+        return ["-" if text is None else " ".join(text.split()) for text in texts]
+    return shorten_args(texts, width)
+
+
+def _stuck_line(item: StuckStage, style: Style, full: bool = False) -> str:
     waiting = ", ".join(
         f"{n:,} {s}" for s, n in ((s, item.states[s]) for s in state_order(item.states))
     )
-    samples = ", ".join(short(args, 50) for args in item.sample_args if args) or "no args recorded"
+    recorded = [args for args in item.sample_args if args]
+    samples = ", ".join(_args(recorded, 50, full)) or "no args recorded"
     text = (
         f"{STUCK} {waiting} on queue {item.queue or '-'}, no progress since {when(item.since)}"
         f" ({span(item.idle_seconds)}); e.g. {samples}"
@@ -322,14 +284,18 @@ def _stuck_line(item: StuckStage, style: Style) -> str:
     return style.paint(text, "yellow")
 
 
-def _failure_line(group: FailureGroup, stage: FailingStage, style: Style) -> str:
+def _failure_line(
+    group: FailureGroup, stage: FailingStage, style: Style, full: bool = False
+) -> str:
     text = f"{FAILING} {group.count:,} {group.error} ({group.count / stage.total:.0%})"
     if group.samples:
         sample = group.samples[0]
-        text += f", e.g. {sample.job_id} {short(sample.args, 50)}"
+        (args,) = _args([sample.args], 50, full)
+        text += f", e.g. {sample.job_id} {args}"
         if sample.parent_job_id:
             text += f" under {sample.parent_name or '?'} {sample.parent_job_id}"
-            text += f" {short(sample.parent_args, 40)}"
+            (parent_args,) = _args([sample.parent_args], 40, full)
+            text += f" {parent_args}"
         if sample.trace_id:
             text += f" trace {sample.trace_id}"
     return style.paint(text, "red")
@@ -358,31 +324,37 @@ def stats_lines(
     return table(["depth", "job", "state", "count", "flag"], rows, style, right=[0, 3])
 
 
-def runs_lines(runs: Sequence[RunSummary], style: Style) -> list[str]:
-    """One line per run: root, when, size, health and its counts per state.
+def runs_lines(runs: Sequence[tuple[RunSummary, Health]], style: Style) -> list[str]:
+    """One line per run: root, when, size, health, the share that failed, counts per state.
 
-    A root never recorded shows ``? (never recorded)`` and when it was first heard of.
+    Health is the dashboard's (``ok``, ``running``, ``stuck``, ``failing``): one failed job in
+    380 reads ``running`` or ``ok`` with ``1 (0.3%)`` beside it, not an outage. A root never
+    recorded shows ``? (never recorded)`` and when it was first heard of.
     """
-    paint = {"failing": ("red",), "active": ("cyan",), "ok": ("green",)}
+    paint = {"failing": ("red",), "stuck": ("yellow",), "running": ("cyan",), "ok": ("green",)}
     rows = [
         [
             run.root.job_id,
             run.root.name + (" (never recorded)" if run.root.is_placeholder else ""),
             when(run.root.enqueued_at or run.root.started_at or run.root.updated_at),
             f"{run.total:,}" if style.aligned else str(run.total),
-            style.paint(run.health, *paint[run.health]),
+            style.paint(health.state, *paint[health.state]),
+            health.failed_share_text,
             state_counts(run.states, style) if style.aligned else _plain_counts(run.states),
         ]
-        for run in runs
+        for run, health in runs
     ]
-    return table(["root", "job", "started", "jobs", "health", "states"], rows, style, right=[3])
+    headers = ["root", "job", "started", "jobs", "health", "failed", "states"]
+    return table(headers, rows, style, right=[3])
 
 
 def _plain_counts(states: Mapping[str, int]) -> str:
     return ",".join(f"{s}={states[s]}" for s in state_order(states))
 
 
-def progress_lines(progress: Progress, children: Sequence[JobRow], style: Style) -> list[str]:
+def progress_lines(
+    progress: Progress, children: Sequence[JobRow], style: Style, *, full: bool = False
+) -> list[str]:
     """Scenario 2: done / total of a parent's children, the crashed and failed ones, the list."""
     p = progress
     lines = [
@@ -392,20 +364,22 @@ def progress_lines(progress: Progress, children: Sequence[JobRow], style: Style)
         f" · {style.paint(f'{p.crashed:,} crashed', 'red' if p.crashed else 'dim')}"
         + (f" · {style.paint(f'{p.unknown:,} unknown', 'magenta')}" if p.unknown else "")
     ]
-    for job in p.problems:
+    problem_args = _args([job.args for job in p.problems], 100, full)
+    for job, args in zip(p.problems, problem_args, strict=True):
         reason = job.error_message or job.reason or ""
         lines.append(
             "  " + style.state(job.state, f"{FAILING} {job.state}") + f" {job.job_id}"
-            f" {short(job.args, 100)}" + (f"  ({short(reason, 60)})" if reason else "")
+            f" {args}" + (f"  ({short(reason, 60)})" if reason else "")
         )
     if children:
         lines.append("")
-        lines += jobs_table(children, style)
+        lines += jobs_table(children, style, full=full)
     return lines
 
 
-def jobs_table(jobs: Sequence[JobRow], style: Style) -> list[str]:
-    """Jobs one per row: id, name, state, queue, times, error, args."""
+def jobs_table(jobs: Sequence[JobRow], style: Style, *, full: bool = False) -> list[str]:
+    """Jobs one per row: id, name, state, queue, times, error, args (cut where they differ)."""
+    args = _args([job.args for job in jobs], 60, full)
     rows = [
         [
             job.job_id,
@@ -415,9 +389,9 @@ def jobs_table(jobs: Sequence[JobRow], style: Style) -> list[str]:
             when(job.started_at),
             span(job.duration),
             job.error or "-",
-            short(job.args, 60),
+            job_args,
         ]
-        for job in jobs
+        for job, job_args in zip(jobs, args, strict=True)
     ]
     headers = ["job id", "job", "state", "queue", "started", "took", "error", "args"]
     return table(headers, rows, style)
@@ -467,7 +441,7 @@ def path_notes(cycle_at: str | None, truncated_at: int | None, style: Style) -> 
     return [style.paint(note, "yellow") for note in notes]
 
 
-def why_lines(why: Why, style: Style) -> list[str]:
+def why_lines(why: Why, style: Style, *, full: bool = False) -> list[str]:
     """The path, the earliest related failure and the job's attempts.
 
     A path longer than :data:`PATH_SHOWN` keeps its top and the jobs nearest the job.
@@ -501,7 +475,7 @@ def why_lines(why: Why, style: Style) -> list[str]:
             lines.append(f"  {short(cause.error_message or cause.reason, 200)}")
         lines.append(
             f"  finished {when(cause.finished_at)} · trace {cause.trace_id or '-'}"
-            f" · span {cause.span_id or '-'} · args {short(cause.args, 80)}"
+            f" · span {cause.span_id or '-'} · args {_args([cause.args], 80, full)[0]}"
         )
     if why.attempts:
         lines.append("attempts:")

@@ -11,9 +11,9 @@ pages update themselves while work is in progress. Needs ``pip install 'jobtrace
 
 from __future__ import annotations
 
+from jobtrace.display.health import FAILING_SHARE, Health, run_health
 from jobtrace.web.app import DashboardApp, create_app
 from jobtrace.web.auth import Credentials
-from jobtrace.web.health import FAILING_SHARE, Health, run_health
 from jobtrace.web.links import DEFAULT_TRACE_URL, Links, Urls, trace_template
 from jobtrace.web.server import DashboardServer, make_server, serve
 

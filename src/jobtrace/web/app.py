@@ -28,11 +28,11 @@ from urllib.parse import parse_qs, quote, unquote_to_bytes, urlencode, urlsplit
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from jobtrace.display.health import FAILING_SHARE
 from jobtrace.exceptions import StoreError
 from jobtrace.lineage.models import ID_LENGTH, Job
 from jobtrace.lineage.queries import STUCK_AFTER, JobNotFoundError, LineageStore
 from jobtrace.web.auth import Credentials
-from jobtrace.web.health import FAILING_SHARE
 from jobtrace.web.links import Links, Urls, trace_template
 from jobtrace.web.render import Renderer
 from jobtrace.web.snapshot import snapshot

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jobtrace.cli.render import FAILING, STATE_ORDER, STUCK, short, span, state_order, when
+from jobtrace.display import FAILING, STATE_ORDER, STUCK, short, span, state_order, when
 from jobtrace.lineage.queries import JobRow
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from jobtrace.cli.render import state_order
+from jobtrace.display import state_order
+from jobtrace.display.health import Health, run_health
 from jobtrace.lineage.export import jsonable
 from jobtrace.lineage.queries import (
     ACTIVE,
@@ -28,7 +29,6 @@ from jobtrace.lineage.queries import (
     RunSummary,
     Why,
 )
-from jobtrace.web.health import Health, run_health
 from jobtrace.web.links import Links
 
 __all__ = [

@@ -8,10 +8,11 @@ from a :class:`~jobtrace.lineage.queries.RunSummary` and how many of its stages 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from jobtrace.lineage.queries import FAILURES, SCHEDULED, STUCK_AFTER, RunSummary
+from jobtrace.lineage.queries import FAILURES, SCHEDULED, STUCK_AFTER, RunSummary, StuckStage
 
 __all__ = [
     "FAILING_SHARE",
@@ -20,6 +21,7 @@ __all__ = [
     "Health",
     "HealthState",
     "run_health",
+    "stuck_stage_count",
 ]
 
 HealthState = Literal["ok", "running", "stuck", "failing"]
@@ -54,6 +56,11 @@ class Health:
         return self.failures / self.total if self.total else 0.0
 
     @property
+    def failed_share_text(self) -> str:
+        """``12 (3.2%)``, ``0``: the failures and their share, for a column."""
+        return f"{self.failures:,} ({_percent(self.share)})" if self.failures else "0"
+
+    @property
     def failed_text(self) -> str:
         """``12 of 380 failed (3.2%)``, ``none failed``: the share as people read it."""
         if not self.failures:
@@ -84,6 +91,11 @@ def run_health(
     else:
         state = "ok"
     return Health(state, failures, total, stuck_stages if to_do else 0)
+
+
+def stuck_stage_count(stages: Iterable[StuckStage]) -> int:
+    """How many stages are stuck, from ``stuck_stages`` (which lists a stage once per queue)."""
+    return len({(stage.depth, stage.name) for stage in stages})
 
 
 def _percent(share: float) -> str:

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from jobtrace.display import FAILING_SHARE, run_health
+from jobtrace.display.health import Health
 from jobtrace.lineage.queries import JobRow, RunSummary
-from jobtrace.web import FAILING_SHARE, run_health
-from jobtrace.web.health import Health
 from tests.lineage.builders import TreeBuilder, create_schema
 from tests.web.support import Page, running
 
