@@ -32,11 +32,11 @@ Keywords of ``instrument()`` / :func:`instrument_celery`:
 - ``database_url``: the lineage store (default: ``JOBTRACE_DATABASE_URL``).
 - ``tracer_provider``, ``meter_provider``: the providers of the task spans and metrics (default:
   the global ones).
-- ``flush_on_job_end``: flush spans, metrics and records after each task (default: in processes
-  forked after jobtrace was imported, such as prefork pool children, so that a child killed later
-  loses nothing of the tasks it finished).
+- ``flush_on_job_end``: flush spans, metrics and records after each task (default: not in a
+  worker's processes, which flush as they exit; elsewhere in processes forked after jobtrace was
+  imported). On, a pool child killed later loses nothing of the tasks it finished.
 - ``shutdown_flush_timeout``: longest wait for the flush when a worker or pool child exits, in
-  seconds (default: jobtrace's ``flush_timeout`` setting).
+  seconds, shared by spans, metrics and records (default: jobtrace's ``flush_timeout`` setting).
 
 The relationship policy, redaction and limits are jobtrace's settings (:func:`jobtrace.configure`).
 
@@ -93,10 +93,11 @@ time limit) is left to the reaper: it stops heartbeating and is declared ``crash
 
 Worker processes
 ----------------
-Prefork children inherit the instrumentation from the main process. Each flushes spans, metrics and
-lineage records in ``worker_process_shutdown``, which runs in the child before it leaves with
+Prefork children inherit the instrumentation from the main process. A child is long-lived and
+does not flush after each task: it flushes spans, metrics and lineage records once, within the
+budget, in ``worker_process_shutdown``, which billiard sends in the child before it leaves with
 ``os._exit`` (after ``--max-tasks-per-child`` tasks too); the main process (and ``--pool=solo``)
-flushes in ``worker_shutdown``.
+flushes in ``worker_shutdown``. See ``docs/integrations/celery.md``.
 
 Living beside python-contrib's Celery instrumentation
 -----------------------------------------------------

@@ -24,7 +24,7 @@ from celery.utils.dispatch.signal import Signal
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from jobtrace import JobRun, JobState
+from jobtrace import JobRun, JobState, get_settings
 from jobtrace.instrumentation import (
     KEY_ATTEMPT,
     KEY_JOB_ID,
@@ -83,6 +83,7 @@ class CeleryInstrumentor(QueueInstrumentor):
     _order_key: tuple[object, ...] | None = None
     _deferring = False
     _order_lock = threading.Lock()
+    _in_worker = False  # a worker's process: it flushes as it exits, not after each task
 
     def _hook(self, options: Options) -> None:
         self._state = _ThreadState()
@@ -115,6 +116,7 @@ class CeleryInstrumentor(QueueInstrumentor):
         self._state = _ThreadState()
         self._deferring = False
         self._order_key = None
+        self._in_worker = False
 
     def check_app(self, app: celery.Celery) -> None:
         """Warn about an app whose messages cannot carry jobtrace's metadata."""
@@ -243,6 +245,7 @@ class CeleryInstrumentor(QueueInstrumentor):
                 queue=queue,
                 attempt=_attempt(request.retries, carrier),
                 args=call,
+                flush=self._flush_on_task_end(),
                 span=adopted,
                 server=None if request.is_eager else _broker_server(task.app),
             )
@@ -423,7 +426,12 @@ class CeleryInstrumentor(QueueInstrumentor):
         """A job that ends without running: a short span with the outcome, and its record."""
         try:
             run = self.options.job_run(
-                dict(carrier), name=name, job_id=task_id, queue=queue, attempt=attempt
+                dict(carrier),
+                name=name,
+                job_id=task_id,
+                queue=queue,
+                attempt=attempt,
+                flush=self._flush_on_task_end(),
             )
             run.start()
             run.finish(error, will_retry=False, state=state, reason=reason)
@@ -434,12 +442,25 @@ class CeleryInstrumentor(QueueInstrumentor):
 
     # -- worker processes ---------------------------------------------------------------------
 
+    def _flush_on_task_end(self) -> bool | None:
+        """``False`` in a worker's process unless a flush per task was asked for; else ``None``.
+
+        A prefork child is long-lived (it is forked once, or once per ``max_tasks_per_child``
+        tasks) and flushes in ``worker_process_shutdown``, the main process at exit: a flush per
+        task would only cost each task an export. ``None`` leaves the choice to jobtrace (an
+        eager task in a forked process still flushes).
+        """
+        if not self._in_worker or self.options.flush_on_job_end is not None:
+            return None
+        return None if get_settings().flush_on_job_end is not None else False
+
     def _worker_init(self, **kwargs: Any) -> None:
         """In the worker's main process, before the pool forks: check last in each child.
 
         The usual way to instrument contrib is a ``worker_process_init`` receiver of one's own:
         jobtrace's, moved after it, then sees contrib active before the child's first task.
         """
+        self._in_worker = True
         ours = {id(receiver) for _, receiver in self._receivers}
         _move_last(
             signals.worker_process_init, lambda r: id(r) in ours, after=lambda r: id(r) not in ours
@@ -447,14 +468,17 @@ class CeleryInstrumentor(QueueInstrumentor):
 
     def _process_init(self, **kwargs: Any) -> None:
         """In each prefork child: the recorder runs here, and the receivers are in order."""
+        self._in_worker = True
         self.options.start_recording()
         self.order_after_contrib()
 
     def _shutdown(self, **kwargs: Any) -> None:
         """Flush spans, metrics and records before a worker (or a prefork child) exits.
 
-        A prefork child leaves with ``os._exit`` (after ``max_tasks_per_child`` tasks, too): no
-        ``atexit`` handler runs there, so nothing buffered would get out otherwise.
+        A prefork child leaves with ``os._exit`` (after ``max_tasks_per_child`` tasks, too: billiard
+        sends ``worker_process_shutdown`` in the child as its loop ends): no ``atexit`` handler runs
+        there, so nothing buffered would get out otherwise. Within ``shutdown_flush_timeout``
+        (default: the ``flush_timeout`` budget); a signal backing off is skipped.
         """
         self.options.flush()
 
