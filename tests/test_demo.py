@@ -60,3 +60,18 @@ def test_the_same_seed_replays_the_same_run(tmp_path: Path) -> None:
     first = span_table(run_demo(f"sqlite:///{tmp_path / 'a.db'}"))
     second = span_table(run_demo(f"sqlite:///{tmp_path / 'b.db'}"))
     assert first == second
+
+
+def test_a_split_run_names_its_root_trace_and_counts_the_rest() -> None:
+    """759 trace ids on one line labelled "one per pipeline run" was the old output."""
+    from jobtrace.demo import TRACES_SHOWN, JobSpanCounter, _trace_lines
+
+    counter = JobSpanCounter()
+    counter.traces = {f"{n:032x}" for n in range(759)}
+    counter.root_trace = f"{7:032x}"
+    lines = _trace_lines(counter)
+    assert lines[0] == f"trace id: {7:032x} (the root job's)\n"
+    assert lines[1].startswith("traces:   759: the run is split")
+    assert len(lines) == 2 + TRACES_SHOWN - 1 + 1
+    assert lines[-1].strip() == "… and 754 more"  # the root trace and 4 shown
+    assert "one per pipeline run" not in "".join(lines)

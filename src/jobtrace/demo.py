@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtrace
+from jobtrace.lineage.recorder import get_recorder
 from jobtrace.local import LocalQueue
 
 LATER = 6 * 3600.0  # "scheduled for tonight's second pass": never reached in the demo
@@ -48,6 +49,7 @@ class JobSpanCounter(SpanProcessor):
         self.spans: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.traces: set[str] = set()
+        self.root_trace: str | None = None
         self._lock = threading.Lock()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -61,7 +63,10 @@ class JobSpanCounter(SpanProcessor):
             self.spans[name] += 1
             if span.status.status_code is StatusCode.ERROR:
                 self.failures[name] += 1
-            self.traces.add(f"{span.context.trace_id:032x}")
+            trace_id = f"{span.context.trace_id:032x}"
+            self.traces.add(trace_id)
+            if (span.attributes or {}).get("jobtrace.job.depth") == 0:
+                self.root_trace = trace_id
 
     def shutdown(self) -> None:
         return None
@@ -187,8 +192,20 @@ def run_demo(
     return root_id, counter
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jobtrace demo``."""
+@dataclass(frozen=True)
+class DemoRun:
+    """What one ``jobtrace demo`` did: its exit status, and the run it recorded (if any)."""
+
+    code: int
+    root_id: str | None = None
+    database_url: str | None = None
+
+
+def run(argv: Sequence[str] | None = None) -> DemoRun:
+    """Run the demo and print what the spans say; the caller shows what the store says.
+
+    The CLI prints the run's tree and stage table after it (the demo knows nothing of the CLI).
+    """
     options, args = parse_options(argv)
     out = sys.stdout
     out.write(
@@ -198,32 +215,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {options.fail_rate:.0%} showtimes not ready\n"
     )
     root_id, counter = run_demo(options, record=not args.no_store, database_url=args.database_url)
-    traces = sorted(counter.traces)
     out.write(f"\nroot job: {root_id}\n")
-    out.write(f"trace id: {', '.join(traces) or '(not sampled)'}\n")
-    out.write(f"traces:   {len(traces)} (one per pipeline run)\n\n")
+    out.writelines(_trace_lines(counter))
+    out.write("\n")
     width = max([len(name) for name in counter.spans] + [8])
     out.write(f"{'job':<{width}}  {'spans':>6}  {'failures':>8}\n")
     for name in ("SyncJob", "MoviePageJob", "MovieDetailJob", "ShowtimeProcessJob"):
         out.write(f"{name:<{width}}  {counter.spans[name]:>6}  {counter.failures[name]:>8}\n")
-    if not args.no_store:
-        out.write("\n")
-        out.flush()
-        _print_tree(root_id, args.database_url)
-    return 0
-
-
-def _print_tree(root_id: str, database_url: str | None) -> None:
-    """The lineage view of the same run, from the store."""
-    from jobtrace.lineage.recorder import get_recorder
-
+    out.flush()
+    if args.no_store:
+        return DemoRun(0)
     recorder = get_recorder()
     if recorder is not None:
         recorder.flush(10.0)
-    from jobtrace.cli import main as cli_main
+    return DemoRun(0, root_id, args.database_url)
 
-    url_args = ["--database-url", database_url] if database_url else []
-    # The run lasted seconds: a stage that made no progress at all during it is stuck (a
-    # millisecond without progress; the option takes more than 0 seconds).
-    cli_main([*url_args, "tree", root_id, "--stuck-after", "0.001"])
-    cli_main([*url_args, "stats", root_id, "--stuck-after", "0.001"])
+
+#: Trace ids the demo prints at most; a split run says how many more there are.
+TRACES_SHOWN = 5
+
+
+def _trace_lines(counter: JobSpanCounter) -> list[str]:
+    """The run's trace: one, or how many it was split into and which holds the root job."""
+    traces = sorted(counter.traces)
+    if not traces:
+        return ["trace id: (not sampled)\n"]
+    if len(traces) == 1:
+        return [f"trace id: {traces[0]}\n", "traces:   1 (one per pipeline run)\n"]
+    root = counter.root_trace
+    others = [trace_id for trace_id in traces if trace_id != root][: TRACES_SHOWN - 1]
+    more = len(traces) - 1 - len(others)
+    return [
+        f"trace id: {root or '-'} (the root job's)\n",
+        f"traces:   {len(traces):,}: the run is split (fan-outs past link_after_fanout and delayed"
+        " jobs start traces of their own, linked to their parent's)\n",
+        *(f"          {trace_id}\n" for trace_id in others),
+        *([f"          … and {more:,} more\n"] if more else []),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m jobtrace.demo``: the demo, then where to look next."""
+    done = run(argv)
+    if done.root_id is not None:
+        sys.stdout.write(f"\nsee the run: jobtrace tree {done.root_id}\n")
+    return done.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -352,11 +352,11 @@ def test_demo_hands_its_arguments_to_jobtrace_demo(
     """demo passes everything after it, --help included, and the global URL to jobtrace.demo."""
     seen: list[list[str]] = []
 
-    def fake_demo(argv: list[str] | None = None) -> int:
+    def fake_demo(argv: list[str] | None = None) -> jobtrace.demo.DemoRun:
         seen.append(list(argv or []))
-        return 7
+        return jobtrace.demo.DemoRun(7)
 
-    monkeypatch.setattr(jobtrace.demo, "main", fake_demo)
+    monkeypatch.setattr(jobtrace.demo, "run", fake_demo)
     assert main(["demo", "--pages", "5", "--help"]) == 7
     assert main(["--database-url", "sqlite:///x.db", "demo", "--seed", "1"]) == 7
     assert seen == [["--pages", "5", "--help"], ["--database-url", "sqlite:///x.db", "--seed", "1"]]

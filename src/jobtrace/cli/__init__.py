@@ -30,16 +30,30 @@ from jobtrace.lineage.queries import AmbiguousJobIdError, JobNotFoundError
 __all__ = ["main"]
 
 
+def _demo(database_url: str | None, argv: list[str]) -> int:
+    """``jobtrace demo``: the demo (which takes every argument), then its run's tree and stats."""
+    from jobtrace import demo
+
+    url = ["--database-url", database_url] if database_url else []
+    done = demo.run([*url, *argv])
+    if done.root_id is None:
+        return done.code
+    url = ["--database-url", done.database_url] if done.database_url else []
+    sys.stdout.write("\n")
+    # The run lasted seconds: a stage that made no progress at all during it is stuck (a
+    # millisecond without progress; the option takes more than 0 seconds).
+    for command in ("tree", "stats"):
+        main([*url, command, done.root_id, "--stuck-after", "0.001"])
+    return done.code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``jobtrace`` command and return its exit status (never raises for user errors)."""
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command == "demo":
-            from jobtrace.demo import main as demo_main
-
-            url = ["--database-url", args.database_url] if args.database_url else []
-            return demo_main([*url, *extra])
+            return _demo(args.database_url, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit:  # argparse: --help, or a usage error already printed
