@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import jobtrace
 from jobtrace import records
@@ -332,3 +333,66 @@ def test_back_off_is_shared_with_forked_children() -> None:
         sys.exit(0 if ok and os.waitstatus_to_exitcode(code) == 0 else 1)
     """
     subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=True, timeout=60)
+
+
+# Ten jobs recorded into PostgreSQL through a proxy, then (once the test froze the store) ten
+# more and an exit: the store never answers again, nor does the collector.
+FROZEN_STORE_APP = """
+import json, sys, time
+import jobtrace
+from jobtrace.local import LocalQueue
+
+jobtrace.configure(service_name="delivery-test")
+
+def job(i):
+    pass
+
+with LocalQueue(1) as queue:
+    for i in range(10):
+        queue.enqueue(job, i)
+    queue.join(timeout=60)
+    jobtrace.flush(5.0)
+    print("frozen?", flush=True)
+    sys.stdin.readline()
+    for i in range(10):
+        queue.enqueue(job, i)
+    queue.join(timeout=60)
+print(json.dumps({"exiting": time.monotonic()}), flush=True)
+"""
+
+
+def test_a_frozen_store_and_collector_cost_the_exit_one_budget_not_two(
+    proxy: TcpProxy, postgres_url: str
+) -> None:
+    """The records' exit flush waits only for what the exit budget has left, not a budget more."""
+    url = make_url(postgres_url)
+    with tcp_proxy(url.port or 5432) as store_proxy:
+        through_proxy = url.set(host="127.0.0.1", port=store_proxy.port)
+        app = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(FROZEN_STORE_APP)],
+            env=_env(
+                proxy,
+                through_proxy.render_as_string(hide_password=False),
+                JOBTRACE_EXIT_TIMEOUT="3",
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert app.stdout is not None
+            assert app.stdin is not None
+            assert app.stdout.readline().strip() == "frozen?"
+            store_proxy.pause()
+            proxy.blackhole()
+            app.stdin.write("\n")
+            app.stdin.flush()
+            out, err = app.communicate(timeout=60)
+            exited = time.monotonic()
+        finally:
+            app.kill()
+            store_proxy.heal()
+    assert app.returncode == 0, err
+    exit_seconds = exited - json.loads(out.strip().splitlines()[-1])["exiting"]
+    assert exit_seconds < 5.0, err  # one budget of 3 s and the interpreter's own exit

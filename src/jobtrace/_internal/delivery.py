@@ -408,8 +408,23 @@ def arm_exit() -> None:
     _exit_registered = True
 
 
+_exit_deadline: float | None = None
+
+
+def exit_deadline() -> float | None:
+    """When the exit budget runs out (monotonic), once the exit handler began; else ``None``.
+
+    The lineage recorder's own exit flush runs after this one and waits only for what is left,
+    so a hung store costs the exit one budget, not two.
+    """
+    return _exit_deadline
+
+
 def _at_exit() -> None:
-    shutdown(get_settings().exit_timeout)
+    global _exit_deadline
+    timeout = get_settings().exit_timeout
+    _exit_deadline = time.monotonic() + timeout
+    shutdown(timeout)
 
 
 def _shutdown_provider(provider: object, millis: int) -> bool:
@@ -543,7 +558,8 @@ def register_metric() -> None:
 
 def reset() -> None:
     """Forget every failure, count and provider: for tests."""
-    global _process
+    global _process, _exit_deadline
+    _exit_deadline = None
     _board.reset()
     _process = _ProcessState()
     _own.clear()

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobtrace import records
+from jobtrace._internal import delivery
 from jobtrace._internal.config import get_settings
 from jobtrace.lineage import _merge, handoff
 from jobtrace.lineage.models import Attempt, Base, Gap, Job
@@ -610,7 +611,11 @@ def _flush_at_exit() -> None:
     if recorder is None:
         return
     try:
-        recorder.flush(get_settings().exit_timeout)
+        deadline = delivery.exit_deadline()  # set when configure() armed its exit handler
+        budget = get_settings().exit_timeout
+        if deadline is not None:
+            budget = max(0.0, min(budget, deadline - time.monotonic()))
+        recorder.flush(budget)
         summary = recorder.summary()
     except Exception:
         logger.warning("jobtrace: flushing lineage records at exit failed", exc_info=True)
