@@ -252,16 +252,7 @@ def test_a_broken_exporter_costs_one_job_at_most_the_budget(
     _assert_lineage_complete(outcome)
 
 
-# RQ forks a work horse per job, and the recorder's before-fork hook waits up to 5 s for its
-# writer thread to leave the database driver (for SQLite's sake): with the store frozen the
-# writer never does, so every fork, every job, waits 5 s. The fix is the recorder's.
-_RQ_FORK_WAITS = pytest.mark.xfail(
-    strict=True,
-    reason="every RQ fork waits 5 s for the recorder's writer stuck in the frozen store",
-)
-
-
-@pytest.mark.parametrize("system", [pytest.param("rq", marks=_RQ_FORK_WAITS), "celery"])
+@pytest.mark.parametrize("system", ["rq", "celery"])
 def test_a_paused_store_costs_the_jobs_nothing_and_loses_no_record(
     system: str,
     client: redis.Redis,

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import jobtrace
 from jobtrace.lineage.queries import LineageStore
 from jobtrace.lineage.reaper import reap
 from jobtrace.lineage.recorder import Recorder, start_recorder, stop_recorder
 from jobtrace.testing import capture_telemetry
+from tests.faults import tcp_proxy
 
 
 @pytest.fixture
@@ -175,3 +177,30 @@ def test_a_frozen_store_does_not_hold_up_a_childs_jobs(postgres_url: str, tmp_pa
     assert float(timing.read_text()) < 2.0  # the budget of one flush is 5 s: it never waited
     with LineageStore(postgres_url) as store:
         assert {store.job(f"frozen-{n}").state for n in range(3)} == {"succeeded"}
+
+
+def test_a_frozen_postgresql_never_holds_up_a_fork(postgres_url: str) -> None:
+    """RQ forks per job: a writer stuck in a frozen server must not make each fork wait for it."""
+    url = make_url(postgres_url)
+    with tcp_proxy(url.port or 5432) as proxy:
+        started = start_recorder(
+            url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+            heartbeat_interval=0.2,
+        )
+        try:
+            assert started.prepare()
+            proxy.pause()
+            with capture_telemetry():
+                with jobtrace.trace_job(None, name="BeforeFork", job_id="before-fork"):
+                    pass
+                started.flush(0.5)  # the writer is now inside the driver, waiting on the server
+                waits = []
+                for _ in range(3):
+                    forked_at = time.monotonic()
+                    pid = fork(lambda: None)
+                    waits.append(time.monotonic() - forked_at)
+                    os.waitpid(pid, 0)
+            assert max(waits) < 1.0, waits
+        finally:
+            proxy.heal()
+            stop_recorder()

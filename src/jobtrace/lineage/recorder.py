@@ -90,6 +90,11 @@ class Recorder:
         with suppress_instrumentation():
             self._engine: Engine = create_store_engine(self.url)
         self._schema_ready = False  # survives a fork: the schema is the same for the child
+        # Only SQLite's driver holds process-wide mutexes a fork must not copy while held.
+        self._quiet_for_fork = self._engine.dialect.name == "sqlite"
+        # A fork waited out _FORK_WAIT and the writer is still inside the driver: the next
+        # forks do not wait again until it comes out (a hung store costs one fork, not each).
+        self._writer_stuck = False
         # Opened before the first fork, kept across forks: children hand their records over.
         self._handoff: handoff.Handoff | None = None
         self._reset_process_state()
@@ -289,6 +294,7 @@ class Recorder:
                 while self._buffer and len(batch) < self.batch_size:
                     batch.append(self._buffer.popleft())
                 self._write_batch(batch)
+            self._writer_stuck = False
             with self._progress:
                 self._done += len(batch)
                 self._progress.notify_all()
@@ -491,10 +497,22 @@ _FORK_WAIT = 5.0
 
 
 def _before_fork() -> None:
-    """Let a write in progress finish, so no thread is inside the driver when the process forks."""
+    """Let a SQLite write in progress finish, so no thread is inside its driver at the fork.
+
+    PostgreSQL's driver holds nothing a forked child could trip over (the child never uses the
+    parent's connections), so a fork never waits for it: a frozen server must not hold up every
+    RQ work horse. A SQLite write stuck past ``_FORK_WAIT`` is waited for once, not per fork.
+    """
     for recorder in list(_instances):
         recorder._open_handoff()
-        recorder._held_for_fork = recorder._db_lock.acquire(timeout=_FORK_WAIT)
+        if not recorder._quiet_for_fork:
+            continue
+        if recorder._writer_stuck:
+            recorder._held_for_fork = recorder._db_lock.acquire(blocking=False)
+        else:
+            recorder._held_for_fork = recorder._db_lock.acquire(timeout=_FORK_WAIT)
+        if not recorder._held_for_fork:
+            recorder._writer_stuck = True
 
 
 def _after_fork_in_parent() -> None:
