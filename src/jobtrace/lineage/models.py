@@ -117,6 +117,34 @@ class Job(Base):
     )
 
 
+#: The states of jobs on a queue (waiting or worked on), as the partial index of the queue view
+#: and the queries that use it write them: literally, so SQLite sees the query implies the index.
+ACTIVE_QUEUE_STATES = "state IN ('queued', 'retrying', 'stalled', 'running')"
+
+#: A run's stage in one state, oldest first, in keyset pages: the job lists (revision 0006).
+Index(
+    "ix_jobtrace_jobs_stage_list",
+    Job.root_job_id,
+    Job.depth,
+    Job.name,
+    Job.state,
+    Job.enqueued_at,
+    Job.job_id,
+)
+#: What waits or runs on each queue, per run: the queue view reads only this (revision 0006).
+Index(
+    "ix_jobtrace_jobs_active_queues",
+    Job.state,
+    Job.queue,
+    Job.root_job_id,
+    Job.enqueued_at,
+    Job.due_at,
+    sqlite_where=text(ACTIVE_QUEUE_STATES),
+    postgresql_where=text(ACTIVE_QUEUE_STATES),
+)
+#: The jobs of one trace (revision 0006).
+Index("ix_jobtrace_jobs_trace_id", Job.trace_id)
+
 #: Roots without an enqueue time (a placeholder, a job whose enqueue was not recorded) by when
 #: they were first heard of, as the runs list orders them. ``depth`` leads although the
 #: predicate fixes it, so SQLite prefers it to ``(depth, enqueued_at)``.

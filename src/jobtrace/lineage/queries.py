@@ -48,8 +48,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from jobtrace.lineage import joblist, stagetimes
 from jobtrace.lineage._merge import safe_id
+from jobtrace.lineage.joblist import Cursor, JobFilter, JobPage, QueueView
 from jobtrace.lineage.models import ID_LENGTH, Attempt, Base, Job
+from jobtrace.lineage.stagetimes import StageTimes
 from jobtrace.records import DONE_STATES, FAILED_STATES, JobState
 
 __all__ = [
@@ -94,8 +97,9 @@ ACTIVE = (*PENDING, JobState.RUNNING.value)
 #: A bad ending: what makes a stage "failing".
 FAILURES = tuple(sorted(state.value for state in FAILED_STATES))
 DONE = tuple(sorted(state.value for state in DONE_STATES))
-#: Not a stored state: how per-stage counts show queued jobs whose ``due_at`` is still ahead.
-SCHEDULED = "scheduled"
+#: Not a stored state: how per-stage counts show queued jobs whose ``due_at`` is still ahead
+#: (defined beside the job lists, which filter on it).
+SCHEDULED = joblist.SCHEDULED
 #: What the store cannot tell: a job only named as a parent or root, or one it lost track of.
 #: Neither active nor a failure nor done.
 UNKNOWN = JobState.UNKNOWN.value
@@ -790,6 +794,46 @@ class LineageStore:
         with self.engine.connect() as conn:
             return _why(conn, _job(conn, job_id), now or _now(), _limit(limit))
 
+    def jobs(
+        self,
+        where: JobFilter,
+        *,
+        after: Cursor | None = None,
+        limit: int = 50,
+        now: datetime | None = None,
+    ) -> JobPage:
+        """One page of the jobs ``where`` matches, oldest enqueued first (keyset-paged).
+
+        See :mod:`jobtrace.lineage.joblist`: ``after`` is the previous page's ``next``.
+        """
+        with self.engine.connect() as conn:
+            return _job_page(conn, where, after, limit, now or _now())
+
+    def iter_jobs(
+        self, where: JobFilter, *, now: datetime | None = None, batch_size: int = 1000
+    ) -> Iterator[JobRow]:
+        """Every job ``where`` matches, in the order of :meth:`jobs`, fetched page by page."""
+        with self.engine.connect() as conn:
+            rows = joblist.iter_jobs(conn, JOBS, where, now=now or _now(), batch_size=batch_size)
+            for row in rows:
+                yield JobRow(**row._mapping)
+
+    def queues(self, *, now: datetime | None = None) -> list[QueueView]:
+        """Every queue with jobs waiting or running, per run, the longest waiting first."""
+        with self.engine.connect() as conn:
+            return joblist.queues(conn, JOBS, now=now or _now())
+
+    def stage_times(self, job_id: str) -> dict[tuple[int, str], StageTimes]:
+        """Per stage under ``job_id``: p50/p95 duration and queue wait, first and last times.
+
+        See :mod:`jobtrace.lineage.stagetimes` (exact on PostgreSQL; on SQLite, a stage of a
+        run past :data:`~jobtrace.lineage.stagetimes.SAMPLE` jobs is sampled).
+        """
+        with self.engine.connect() as conn:
+            anchor = _job(conn, job_id)
+            root_id = anchor.job_id if anchor.is_root else None
+            return stagetimes.stage_times(conn, _scope(anchor), root_id=root_id)
+
     def diff(self, run_a: str, run_b: str) -> RunDiff:
         """Two runs (any job of each) stage by stage: counts, durations, top errors."""
         with self.engine.connect() as conn:
@@ -859,6 +903,14 @@ def _resolve(conn: Connection, typed: str, candidates: int) -> str:
     if len(found) == 1:
         return found[0].job_id
     raise AmbiguousJobIdError(prefix, tuple(found[:candidates]), len(found) > candidates)
+
+
+def _job_page(
+    conn: Connection, where: JobFilter, after: Cursor | None, limit: int, now: datetime
+) -> JobPage:
+    page = joblist.job_page(conn, JOBS, where, after=after, limit=limit, now=now)
+    rows = tuple(JobRow(**row._mapping) for row in page.jobs)
+    return dataclasses.replace(page, jobs=rows)
 
 
 def _orders_by_code_point(conn: Connection) -> bool:
