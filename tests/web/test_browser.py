@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine, update
@@ -230,3 +231,37 @@ def test_tab_reaches_every_link(stored: Stored, page: Any, where: str, artifacts
         outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
         assert outline != "none"
         screenshot(page, artifacts, f"keyboard-{where}")
+
+
+def test_from_the_runs_page_three_clicks_reach_the_stuck_stage_s_jobs(
+    stored: Stored, page: Any, artifacts: Path
+) -> None:
+    """Scenario 1's stuck stage by clicks: the runs page, the run, the ⚠ stuck count of queued
+    details; the job list then shows exactly those jobs, on the dead queue, and links on to each."""
+    root = stored.run.root
+    stuck = sorted(
+        (row["enqueued_at"], row["job_id"])
+        for row in stored.builder.under(root)
+        if row["name"] == "MovieDetailJob" and row["state"] == "queued"
+    )
+    with running(stored.url) as served:
+        page.goto(served.base + "/")
+        page.click(f"a[href='/runs/{root}']")
+        page.wait_for_selector("table.stages")
+        row = page.locator("table.stages tbody tr.stuck", has_text="MovieDetailJob")
+        count = row.locator("td").nth(3)
+        assert count.inner_text().strip() == str(len(stuck))
+        count.locator("a").click()
+        page.wait_for_selector("table.jobs")
+        assert urlsplit(page.url).path == "/list"
+        listed = page.eval_on_selector_all(
+            "table.jobs tbody tr",
+            "rows => rows.map(r => [r.cells[0].textContent.trim(), r.cells[3].textContent.trim(),"
+            " r.cells[4].textContent.trim()])",
+        )
+        assert listed == [[job_id, "queued", stored.run.stuck_queue] for _, job_id in stuck]
+        assert page.inner_text("#list-count") == f"{len(stuck)} jobs"
+        screenshot(page, artifacts, "stuck-jobs")
+        page.click(f"table.jobs a[href='/jobs/{stuck[0][1]}']")
+        page.wait_for_selector("h2:text('Path')")
+        assert "queued" in page.inner_text("h1")

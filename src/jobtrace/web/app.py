@@ -13,12 +13,15 @@ even an id holding ``/`` routes.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -30,19 +33,31 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from jobtrace.display.health import FAILING_SHARE
 from jobtrace.exceptions import StoreError
+from jobtrace.lineage.export import jsonable
+from jobtrace.lineage.joblist import MAX_PAGE, Cursor, FilterError, JobFilter, parse_filter
 from jobtrace.lineage.models import ID_LENGTH, Job
-from jobtrace.lineage.queries import STUCK_AFTER, JobNotFoundError, LineageStore
+from jobtrace.lineage.queries import (
+    STUCK_AFTER,
+    AmbiguousJobIdError,
+    JobNotFoundError,
+    JobRow,
+    LineageStore,
+)
 from jobtrace.web.auth import Credentials
 from jobtrace.web.links import Links, Urls, trace_template
 from jobtrace.web.render import Renderer
 from jobtrace.web.snapshot import snapshot
 from jobtrace.web.views import (
+    JobListView,
     JobView,
+    QueuesView,
     RunsView,
     RunView,
     Thresholds,
     View,
+    job_list_view,
     job_view,
+    queues_view,
     run_view,
     runs_view,
     to_json,
@@ -64,6 +79,28 @@ logger = logging.getLogger("jobtrace.web")
 POLL_SECONDS = 5.0
 HTML = "text/html; charset=utf-8"
 JSON = "application/json; charset=utf-8"
+CSV = "text/csv; charset=utf-8"
+#: The columns of a job list's CSV, in order.
+CSV_COLUMNS = (
+    "job_id",
+    "name",
+    "state",
+    "queue",
+    "depth",
+    "parent_job_id",
+    "root_job_id",
+    "attempt",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "duration",
+    "error",
+    "error_message",
+    "args",
+    "trace_id",
+)
+#: Jobs fetched per keyset page while a list streams.
+STREAM_BATCH = 1000
 #: Scripts and styles from the app only, nothing inline, no framing, no referrer to tracing UIs.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
@@ -82,7 +119,7 @@ _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; cha
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ALLOWED = "GET, HEAD"
 
-Page = Literal["runs", "run", "lookup", "job", "static"]
+Page = Literal["runs", "run", "lookup", "job", "static", "list", "export", "queues"]
 
 
 class StartResponse(Protocol):
@@ -118,6 +155,8 @@ class Response:
     body: bytes
     content_type: str
     headers: tuple[tuple[str, str], ...] = _NO_STORE
+    #: A body too big to hold: written as it is produced, without a ``Content-Length``.
+    stream: Callable[[], Iterator[bytes]] | None = None
 
 
 def resolve(segments: Sequence[str]) -> Route:
@@ -137,6 +176,12 @@ def resolve(segments: Sequence[str]) -> Route:
             return Route("lookup")
         case ["jobs", job_id]:
             return Route("job", api, job_id)
+        case ["list"]:
+            return Route("list", api)
+        case ["list.csv" | "list.json" as name] if not api:
+            return Route("export", arg=name.removeprefix("list."))
+        case ["queues"]:
+            return Route("queues", api)
         case ["static", name] if not api:
             return Route("static", arg=name)
         case _:
@@ -187,15 +232,18 @@ class DashboardApp:
         self, environ: Mapping[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         response = self.respond(environ)
+        length = [] if response.stream else [("Content-Length", str(len(response.body)))]
         headers = [
             ("Content-Type", response.content_type),
-            ("Content-Length", str(len(response.body))),
+            *length,
             *SECURITY_HEADERS,
             *response.headers,
         ]
         start_response(f"{response.status.value} {response.status.phrase}", headers)
         if str(environ.get("REQUEST_METHOD", "GET")).upper() == "HEAD":
             return [b""]
+        if response.stream is not None:
+            return response.stream()
         return [response.body]
 
     def respond(self, environ: Mapping[str, Any]) -> Response:
@@ -220,9 +268,13 @@ class DashboardApp:
             return self._route(route, params, urls, environ)
         except BadRequest as error:
             return self.error(urls, HTTPStatus.BAD_REQUEST, str(error), api)
+        except FilterError as error:
+            return self.error(urls, HTTPStatus.BAD_REQUEST, _sentence(str(error)), api)
         except JobNotFoundError as error:
             message = f"No job {error.job_id!r} in the lineage store."
             return self.error(urls, HTTPStatus.NOT_FOUND, message, api)
+        except AmbiguousJobIdError as error:
+            return self.error(urls, HTTPStatus.BAD_REQUEST, _sentence(str(error)), api)
         except _NoSuchPage:
             return self.error(urls, HTTPStatus.NOT_FOUND, "No such page.", api)
         except Exception as error:
@@ -250,9 +302,20 @@ class DashboardApp:
             raw = params.get("id", "").strip()
             return self._redirect(urls, urls.job(_job_id(raw)))
         as_of = datetime.now(timezone.utc)
+        if route.page == "export":
+            return self._export(route.arg or "csv", params, as_of)
         view: View
         with snapshot(self.store) as store:
-            if route.page == "runs":
+            if route.page == "list":
+                where = _resolved(store, parse_filter(params))
+                after = Cursor.decode(params["after"]) if params.get("after") else None
+                limit = _int(params, "limit", 50, 1, MAX_PAGE)
+                view = job_list_view(store, where, after, limit, as_of)
+            elif route.page == "queues":
+                run = _text(params, "run")
+                root = _run_root(store, run) if run else None
+                view = queues_view(store, root, as_of)
+            elif route.page == "runs":
                 limit = _int(params, "limit", 20, 1, 1000)
                 view = runs_view(store, limit, _text(params, "name"), as_of)
             elif route.page == "run":
@@ -276,6 +339,12 @@ class DashboardApp:
             return _json(HTTPStatus.OK, document)
         if isinstance(view, RunsView):
             template, title, twin = "runs.html", "Runs", urls.runs(api=True)
+        elif isinstance(view, JobListView):
+            params = _page_params(view)
+            template, title, twin = "list.html", "Jobs", urls.jobs(params, api=True)
+        elif isinstance(view, QueuesView):
+            run = None if view.run is None else view.run.job_id
+            template, title, twin = "queues.html", "Queues", urls.queues(run, api=True)
         elif isinstance(view, RunView):
             root = view.overview.root
             template, title, twin = "run.html", f"Run {root.name}", urls.run(root.job_id, api=True)
@@ -302,6 +371,34 @@ class DashboardApp:
             links=self.links,
         )
         return _html(HTTPStatus.OK, html)
+
+    def _export(self, kind: str, params: Mapping[str, str], as_of: datetime) -> Response:
+        """The whole list as CSV or JSON, written page by page from one snapshot.
+
+        Filters are checked (and the run resolved) before the answer starts, so a bad one is a
+        400; a store that fails halfway ends the stream early, and the log says why.
+        """
+        with snapshot(self.store) as store:
+            where = _resolved(store, parse_filter(params))
+        store = self.store
+        stamp = as_of.strftime("%Y%m%dT%H%M%SZ")
+        disposition = ("Content-Disposition", f'attachment; filename="jobs-{stamp}.{kind}"')
+
+        def rows() -> Iterator[JobRow]:
+            with snapshot(store) as frozen:
+                yield from frozen.iter_jobs(where, now=as_of, batch_size=STREAM_BATCH)
+
+        def stream() -> Iterator[bytes]:
+            try:
+                if kind == "csv":
+                    yield from _csv(rows())
+                else:
+                    yield from _json_lines(where, as_of, rows(), self.links)
+            except Exception:
+                logger.exception("jobtrace web: a job list stopped halfway")
+
+        content_type = CSV if kind == "csv" else JSON
+        return Response(HTTPStatus.OK, b"", content_type, (*_NO_STORE, disposition), stream=stream)
 
     def _error_page(
         self, urls: Urls, status: HTTPStatus, message: str, location: str | None = None
@@ -514,11 +611,93 @@ def _thresholds(params: Mapping[str, str]) -> Thresholds:
     )
 
 
+def _resolved(store: LineageStore, where: JobFilter) -> JobFilter:
+    """``where`` with its run and parent as job ids: prefixes resolved, a run's job to its root."""
+    run = _run_root(store, where.run) if where.run else None
+    parent = store.resolve(where.parent) if where.parent else None
+    return dataclasses.replace(where, run=run, parent=parent)
+
+
+def _run_root(store: LineageStore, typed: str) -> str:
+    """The root id of the run ``typed`` (an id or a unique prefix of any of its jobs) names."""
+    job = store.job(store.resolve(typed))
+    return job.root_job_id or job.job_id
+
+
+def _page_params(view: JobListView) -> dict[str, str]:
+    """The query of a list page, to write its twin's and its neighbours' links."""
+    params = view.where.params()
+    if view.after is not None:
+        params["after"] = view.after.encode()
+    if view.limit != 50:
+        params["limit"] = str(view.limit)
+    return params
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
+
+
 def _bad(message: str) -> NoReturn:
     raise BadRequest(message[:1].upper() + message[1:] + ".")
 
 
 # Writing the response.
+
+
+#: What a spreadsheet would run as a formula at the start of a cell (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv(rows: Iterable[JobRow]) -> Iterator[bytes]:
+    """A header line, then one line per job; cells a spreadsheet would run get a leading ``'``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def flush() -> bytes:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text.encode("utf-8", "replace")
+
+    writer.writerow(CSV_COLUMNS)
+    yield flush()
+    for count, job in enumerate(rows, 1):
+        writer.writerow([_cell(value) for value in _csv_values(job)])
+        if count % 200 == 0:
+            yield flush()
+    yield flush()
+
+
+def _csv_values(job: JobRow) -> list[object]:
+    values: list[object] = []
+    for column in CSV_COLUMNS:
+        value = getattr(job, column)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        values.append("" if value is None else value)
+    return values
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _json_lines(
+    where: JobFilter, as_of: datetime, rows: Iterable[JobRow], links: Links
+) -> Iterator[bytes]:
+    """``{"filter", "as_of", "jobs": [...], "count"}``, one job per line as it comes."""
+    head = {"filter": where.params(), "as_of": as_of.isoformat()}
+    yield (json.dumps(head, ensure_ascii=False)[:-1] + ', "jobs": [\n').encode("utf-8", "replace")
+    count = 0
+    for job in rows:
+        item = {**jsonable(job), "trace_url": links.trace(job.trace_id)}
+        line = ("," if count else "") + json.dumps(item, ensure_ascii=False) + "\n"
+        count += 1
+        yield line.encode("utf-8", "replace")
+    yield f'], "count": {count}}}\n'.encode()
 
 
 def _html(status: HTTPStatus, text: str) -> Response:

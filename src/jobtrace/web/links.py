@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 __all__ = [
     "DEFAULT_TRACE_URL",
@@ -105,6 +106,29 @@ class Urls:
     def job(self, job_id: str, *, api: bool = False) -> str:
         """The page of one job (its JSON twin with ``api``)."""
         return f"{self.prefix}{'/api' if api else ''}/jobs/{_segment(job_id)}"
+
+    def jobs(
+        self, params: Mapping[str, object], *, api: bool = False, export: str | None = None
+    ) -> str:
+        """A job list (:mod:`jobtrace.lineage.joblist`) with these filter parameters.
+
+        Args:
+            params: Query parameters; ``None`` values are left out.
+            api: The page's JSON twin.
+            export: ``"csv"`` or ``"json"``: the whole list, streamed.
+        """
+        query = urlencode({k: str(v) for k, v in params.items() if v is not None})
+        path = f"/list.{export}" if export else "/list"
+        return f"{self.prefix}{'/api' if api else ''}{path}" + (f"?{query}" if query else "")
+
+    def stage(self, root_id: str, depth: int, name: str, state: str | None = None) -> str:
+        """The jobs of one stage of a run, optionally in one state (or several, comma-joined)."""
+        return self.jobs({"run": root_id, "depth": depth, "name": name, "state": state})
+
+    def queues(self, run: str | None = None, *, api: bool = False) -> str:
+        """The queue view across runs; with ``run``, that run marked as "this run"."""
+        query = "?" + urlencode({"run": run}) if run else ""
+        return f"{self.prefix}{'/api' if api else ''}/queues{query}"
 
     def lookup(self) -> str:
         """Where the front page's job lookup form goes."""

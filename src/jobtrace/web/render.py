@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from jobtrace.display import FAILING, STATE_ORDER, STUCK, short, span, state_order, when
-from jobtrace.lineage.queries import JobRow
+from jobtrace.lineage.queries import FAILURES, JobRow
 
 if TYPE_CHECKING:
     import jinja2
@@ -75,6 +75,7 @@ class Renderer:
         self.env.globals.update(
             STUCK=STUCK,
             FAILING=FAILING,
+            FAILURES=FAILURES,
             RELATIONS=RELATIONS,
             job_fields=job_fields,
             counts_in_order=counts_in_order,

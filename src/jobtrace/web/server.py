@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from http import HTTPStatus
@@ -350,29 +350,45 @@ class DashboardServer:
             conn.sock.sendall(_plain_response(error.status))
             return False
         environ = self._environ(conn, method, target, version, headers)
-        status, response_headers, body = _call(self.app, environ)
-        connection = headers.get("Connection", "").lower()
-        has_body = "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
-        if version == "HTTP/1.1":
-            keep = "close" not in connection and not has_body
-        else:
-            keep = "keep-alive" in connection and not has_body
-        names = {name.lower() for name, _ in response_headers}
-        lines = [f"{version} {status}"]
-        lines += [f"{name}: {value}" for name, value in response_headers]
-        if "content-length" not in names:
-            lines.append(f"Content-Length: {len(body)}")
-        lines += [f"Date: {formatdate(usegmt=True)}", "Server: jobtrace-web"]
-        if version == "HTTP/1.1" and not keep:
-            lines.append("Connection: close")
-        elif version == "HTTP/1.0" and keep:
-            lines.append("Connection: keep-alive")
-        payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-        code = status.split(" ", 1)[0]
-        if method != "HEAD" and code not in ("204", "304"):
-            payload += body
-        conn.sock.sendall(payload)
-        self._log(conn, method, target, version, code, len(body), time.monotonic() - started)
+        status, response_headers, body, rest = _call(self.app, environ)
+        try:
+            connection = headers.get("Connection", "").lower()
+            has_body = "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
+            names = {name.lower() for name, _ in response_headers}
+            # An answer without a length (a streamed list) ends when the connection closes.
+            streamed = rest is not None and "content-length" not in names
+            if rest is not None and not streamed:
+                body += b"".join(rest)
+            if version == "HTTP/1.1":
+                keep = "close" not in connection and not has_body and not streamed
+            else:
+                keep = "keep-alive" in connection and not has_body and not streamed
+            lines = [f"{version} {status}"]
+            lines += [f"{name}: {value}" for name, value in response_headers]
+            if "content-length" not in names and not streamed:
+                lines.append(f"Content-Length: {len(body)}")
+            lines += [f"Date: {formatdate(usegmt=True)}", "Server: jobtrace-web"]
+            if version == "HTTP/1.1" and not keep:
+                lines.append("Connection: close")
+            elif version == "HTTP/1.0" and keep:
+                lines.append("Connection: keep-alive")
+            payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+            code = status.split(" ", 1)[0]
+            sent = 0
+            if method != "HEAD" and code not in ("204", "304"):
+                payload += body
+                sent = len(body)
+            conn.sock.sendall(payload)
+            if streamed and rest is not None and method != "HEAD":
+                for chunk in rest:
+                    if chunk:
+                        conn.sock.sendall(chunk)
+                        sent += len(chunk)
+        finally:
+            close = getattr(rest, "close", None)
+            if close is not None:
+                close()
+        self._log(conn, method, target, version, code, sent, time.monotonic() - started)
         return keep
 
     def _environ(
@@ -575,8 +591,14 @@ def _parse_head(head: bytes) -> tuple[str, str, str, http.client.HTTPMessage]:
     return method.upper(), target, version, headers
 
 
-def _call(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Run a WSGI application: its status, headers and whole body."""
+def _call(
+    app: Any, environ: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]], bytes, _Rest | None]:
+    """Run a WSGI application: its status, headers, the body's first part, and the rest.
+
+    The rest (``None`` when the body is whole) is the application's iterator, still to run:
+    a streamed answer is written as it is produced, never held whole.
+    """
     answer: dict[str, Any] = {}
     chunks: list[bytes] = []
 
@@ -586,24 +608,55 @@ def _call(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]]
         answer["status"], answer["headers"] = status, list(headers)
         return chunks.append
 
+    failed = HTTPStatus.INTERNAL_SERVER_ERROR
+    failure = (f"{failed.value} {failed.phrase}", [("Content-Type", "text/plain")], b"", None)
     try:
         result: Iterable[bytes] = app(environ, start_response)
-        try:
+        if isinstance(result, (list, tuple)):
             chunks.extend(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            rest: _Rest | None = None
+        else:
+            rest = _Rest(result)
+            chunks.extend(rest.first())  # a lazy application calls start_response now
     except Exception:
         import logging
 
         logging.getLogger("jobtrace.web").exception("jobtrace web: the application failed")
-        status = HTTPStatus.INTERNAL_SERVER_ERROR
-        return f"{status.value} {status.phrase}", [("Content-Type", "text/plain")], b""
+        return failure
     if "status" not in answer:
-        status = HTTPStatus.INTERNAL_SERVER_ERROR
-        return f"{status.value} {status.phrase}", [("Content-Type", "text/plain")], b""
-    return answer["status"], answer["headers"], b"".join(chunks)
+        if rest is not None:
+            rest.close()
+        return failure
+    return answer["status"], answer["headers"], b"".join(chunks), rest
+
+
+class _Rest:
+    """The rest of an application's iterable body, closed once (PEP 3333) however it ends."""
+
+    def __init__(self, result: Iterable[bytes]) -> None:
+        self._result = result
+        self._iterator = iter(result)
+        self._closed = False
+
+    def first(self) -> list[bytes]:
+        """The first non-empty chunk (none when the body is empty)."""
+        for chunk in self._iterator:
+            if chunk:
+                return [chunk]
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iterator
+
+    def __next__(self) -> bytes:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
 
 
 def _plain_response(status: HTTPStatus) -> bytes:

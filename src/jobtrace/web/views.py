@@ -8,6 +8,7 @@ page keeps polling).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from jobtrace.display import state_order
 from jobtrace.display.health import Health, run_health
 from jobtrace.lineage.export import jsonable
+from jobtrace.lineage.joblist import Cursor, JobFilter, JobPage, QueueView
 from jobtrace.lineage.queries import (
     ACTIVE,
     FAILURES,
@@ -27,19 +29,25 @@ from jobtrace.lineage.queries import (
     Overview,
     Progress,
     RunSummary,
+    Stage,
     Why,
 )
+from jobtrace.lineage.stagetimes import StageTimes
 from jobtrace.web.links import Links
 
 __all__ = [
+    "JobListView",
     "JobView",
+    "QueuesView",
     "RunEntry",
     "RunView",
     "RunsView",
     "StageRow",
     "Thresholds",
     "View",
+    "job_list_view",
     "job_view",
+    "queues_view",
     "run_view",
     "runs_view",
     "to_json",
@@ -102,6 +110,12 @@ class RunView:
     thresholds: Thresholds
     health: Health
     as_of: datetime
+    times: dict[tuple[int, str], StageTimes] = dataclasses.field(default_factory=dict)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages, by depth then name, each with its "from N parents"."""
+        return tuple(sorted(self.overview.tree.stages, key=lambda s: (s.depth, s.name)))
 
     @property
     def total(self) -> int:
@@ -155,7 +169,60 @@ class JobView:
         return self.job.state in _STILL_TO_DO or bool(p.pending or p.running)
 
 
-View = RunsView | RunView | JobView
+@dataclass(frozen=True)
+class JobListView:
+    """One page of a job list: the filter, its jobs, and where the next page starts.
+
+    ``run_root`` is the run's root when the list is of one run (for the page's heading).
+    """
+
+    where: JobFilter
+    page: JobPage
+    after: Cursor | None
+    limit: int
+    as_of: datetime
+    run_root: JobRow | None = None
+
+    @property
+    def jobs(self) -> tuple[JobRow, ...]:
+        """The jobs of this page."""
+        return self.page.jobs
+
+    @property
+    def live(self) -> bool:
+        """Whether a job on the page is still to do (so the page may change)."""
+        return any(job.state in _STILL_TO_DO for job in self.jobs)
+
+
+@dataclass(frozen=True)
+class QueuesView:
+    """Every queue across runs: what waits or runs on it, per run, the longest waiting first.
+
+    ``run`` is the run the visitor came from, marked "this run" (others are older or newer).
+    """
+
+    queues: tuple[QueueView, ...]
+    run: JobRow | None
+    as_of: datetime
+
+    @property
+    def live(self) -> bool:
+        """Always: queues fill and drain at any time."""
+        return True
+
+    def relation(self, root_id: str | None, root_enqueued_at: datetime | None) -> str:
+        """``this run``, ``older run`` or ``newer run``, against :attr:`run` (empty without)."""
+        if self.run is None or root_id is None:
+            return ""
+        if root_id == self.run.job_id:
+            return "this run"
+        mine, theirs = self.run.enqueued_at, root_enqueued_at
+        if mine is None or theirs is None:
+            return "other run"
+        return "older run" if theirs < mine else "newer run"
+
+
+View = RunsView | RunView | JobView | JobListView | QueuesView
 
 
 def runs_view(store: LineageStore, limit: int, name: str | None, as_of: datetime) -> RunsView:
@@ -205,7 +272,8 @@ def run_view(store: LineageStore, root_id: str, thresholds: Thresholds, as_of: d
     summary = RunSummary(overview.root, sum(states.values()), states)
     stuck_stages = len({(stage.depth, stage.name) for stage in overview.stuck})
     health = run_health(summary, stuck_stages=stuck_stages)
-    return RunView(overview, rows, thresholds, health, as_of)
+    times = store.stage_times(root_id)
+    return RunView(overview, rows, thresholds, health, as_of, times)
 
 
 def job_view(store: LineageStore, job_id: str, limit: int, as_of: datetime) -> JobView:
@@ -214,6 +282,25 @@ def job_view(store: LineageStore, job_id: str, limit: int, as_of: datetime) -> J
     progress = store.progress(job_id, limit=limit)
     children = tuple(store.children(job_id, limit=limit))
     return JobView(why, progress, children, limit, as_of)
+
+
+def job_list_view(
+    store: LineageStore,
+    where: JobFilter,
+    after: Cursor | None,
+    limit: int,
+    as_of: datetime,
+) -> JobListView:
+    """One page of the list ``where`` describes (its ``run`` and ``parent`` already resolved)."""
+    page = store.jobs(where, after=after, limit=limit, now=as_of)
+    root = store.job(where.run) if where.run is not None else None
+    return JobListView(where, page, after, limit, as_of, root)
+
+
+def queues_view(store: LineageStore, run: str | None, as_of: datetime) -> QueuesView:
+    """Every queue with work on it, per run; ``run`` (a root id) marked "this run"."""
+    found = tuple(store.queues(now=as_of))
+    return QueuesView(found, store.job(run) if run is not None else None, as_of)
 
 
 def to_json(view: View, links: Links) -> dict[str, Any]:
@@ -251,8 +338,42 @@ def _document(view: View, links: Links) -> dict[str, Any]:
             "total": view.total,
             **_health(view.health),
             "stages": jsonable(view.rows),
+            "stage_times": [jsonable(times) for times in view.times.values()],
             "overview": jsonable(view.overview),
             "thresholds": jsonable(view.thresholds),
+        }
+    if isinstance(view, JobListView):
+        page = view.page
+        return {
+            "filter": view.where.params(),
+            "limit": view.limit,
+            "after": None if view.after is None else view.after.encode(),
+            "jobs": [
+                {**jsonable(job), "trace_url": links.trace(job.trace_id)} for job in view.jobs
+            ],
+            "next": None if page.next is None else page.next.encode(),
+            "count": page.count,
+            "count_capped": page.count_capped,
+        }
+    if isinstance(view, QueuesView):
+        return {
+            "run": None if view.run is None else view.run.job_id,
+            "queues": [
+                {
+                    "queue": queue.queue,
+                    "total": queue.total,
+                    "oldest_enqueued_at": jsonable(queue.oldest_enqueued_at),
+                    "runs": [
+                        {
+                            **jsonable(run),
+                            "total": run.total,
+                            "relation": view.relation(run.root_job_id, run.root_enqueued_at),
+                        }
+                        for run in queue.runs
+                    ],
+                }
+                for queue in view.queues
+            ],
         }
     why = view.why
     return {
