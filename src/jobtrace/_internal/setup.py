@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
-from jobtrace._internal import delivery, semconv
+from jobtrace._internal import delivery, semconv, span_handoff
 from jobtrace._internal.config import Relationship, get_settings, update_settings
 from jobtrace._internal.semconv import SpanNames
 
@@ -108,7 +108,11 @@ def _install_tracer_provider(resource: Resource, console: bool) -> bool:
     if exporter_choice != "none":
         if _otlp_configured("TRACES") or exporter_choice == "otlp":
             provider.add_span_processor(delivery.SpanTally())
-            provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
+            batch = BatchSpanProcessor(_otlp_span_exporter())
+            # Forked work horses hand their spans to this process instead of exporting them.
+            provider.add_span_processor(
+                span_handoff.HandoffSpanProcessor(batch) if span_handoff.enabled() else batch
+            )
         elif console:
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSummaryExporter()))
     trace.set_tracer_provider(provider)
