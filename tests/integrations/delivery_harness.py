@@ -20,7 +20,8 @@ import redis
 import jobtrace
 from tests.collector import FakeCollector
 
-#: The Redis database the delivery tests own (emptied after each test).
+#: The Redis database of the delivery tests. Runs may overlap (one checkout, several people):
+#: each test cleans up its own keys (:func:`forget`), never the whole database.
 REDIS_URL = "redis://127.0.0.1:6379/6"
 #: The folder of the jobtrace under test, first on the workers' path (the harness adds the rest).
 SRC = Path(jobtrace.__file__).resolve().parents[1]
@@ -70,6 +71,13 @@ def read_notes(client: redis.Redis, key: str) -> list[Note]:
     raws = cast(list[bytes], client.lrange(key, 0, -1))
     notes = [Note(**json.loads(raw)) for raw in raws]
     return sorted(notes, key=lambda note: note.started)
+
+
+def forget(client: redis.Redis, name: str) -> None:
+    """Delete the keys whose name holds ``name`` (a test's queue and notes)."""
+    keys = list(client.scan_iter(match=f"*{name}*"))
+    if keys:
+        client.delete(*keys)
 
 
 def count_notes(client: redis.Redis, key: str) -> int:

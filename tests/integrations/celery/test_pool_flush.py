@@ -24,6 +24,7 @@ from tests.integrations.delivery_harness import (
     REDIS_URL,
     CountingCollector,
     count_notes,
+    forget,
     read_notes,
     worker_env,
 )
@@ -152,5 +153,5 @@ def test_recycled_prefork_children_deliver_every_span(tmp_path: Path) -> None:
     finally:
         worker.stop()
         collector.close()
-        client.flushdb()
+        forget(client, queue)
         client.close()
