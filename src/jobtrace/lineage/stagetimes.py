@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Subquery, cast, func, literal_column, select
+from sqlalchemy import ColumnElement, Float, Subquery, cast, func, literal, literal_column, select
 from sqlalchemy.engine import Connection
 
 __all__ = ["PERCENTILES", "SAMPLE", "StageTimes", "nearest_rank", "percentiles_of", "stage_times"]
@@ -63,21 +63,25 @@ def stage_times(
             :data:`SAMPLE` jobs then has its percentiles from an even sample of them.
     """
     c = jobs.c
-    bounds = select(
-        c.depth,
-        c.name,
+    bounds: list[Any] = [
         func.count(),
         func.min(c.enqueued_at),
         func.min(c.started_at),
         func.max(c.finished_at),
-    ).group_by(c.depth, c.name)
-    stages = {
-        (-1 if depth is None else int(depth), name): (int(count), first_e, first_s, last_f)
-        for depth, name, count, first_e, first_s, last_f in conn.execute(bounds)
-    }
-    if conn.dialect.name == "postgresql":
-        percentiles = _postgres_percentiles(conn, jobs)
-    else:
+    ]
+    postgres = conn.dialect.name == "postgresql"
+    # On PostgreSQL the percentiles come in the same GROUP BY: one read of the run.
+    extra = _postgres_columns(conn, jobs) if postgres else []
+    stmt = select(c.depth, c.name, *bounds, *extra).group_by(c.depth, c.name)
+    stages = {}
+    percentiles: _Percentiles = {}
+    for depth, name, count, first_e, first_s, last_f, *more in conn.execute(stmt):
+        key = (-1 if depth is None else int(depth), name)
+        stages[key] = (int(count), first_e, first_s, last_f)
+        if postgres:
+            timed, took, waited, wait = more
+            percentiles[key] = (_ranked(timed, took), _ranked(waited, wait), False)
+    if not postgres:
         totals = {key: count for key, (count, *_) in stages.items()}
         percentiles = _sampled_percentiles(conn, jobs, totals, root_id)
     result = {}
@@ -117,27 +121,22 @@ _Percentiles = dict[tuple[int, str], tuple[_Ranked, _Ranked, bool]]
 _NONE: tuple[_Ranked, _Ranked, bool] = ((0, {}), (0, {}), False)
 
 
-def _postgres_percentiles(conn: Connection, jobs: Subquery) -> _Percentiles:
-    """Exact, in one ``GROUP BY``: ``percentile_disc`` is the nearest rank."""
-    c = jobs.c
-    found: _Percentiles = {}
-    for metric, value in enumerate(_metrics(conn, jobs)):
-        stmt = (
-            select(
-                c.depth,
-                c.name,
-                func.count(value),
-                *(func.percentile_disc(p / 100).within_group(value) for p in PERCENTILES),
-            )
-            .where(value.is_not(None))
-            .group_by(c.depth, c.name)
-        )
-        for depth, name, count, *values in conn.execute(stmt):
-            key = (-1 if depth is None else int(depth), name)
-            pair = list(found.get(key, _NONE)[:2])
-            pair[metric] = (int(count), dict(zip(PERCENTILES, map(float, values), strict=True)))
-            found[key] = (pair[0], pair[1], False)
-    return found
+def _postgres_columns(conn: Connection, jobs: Subquery) -> list[Any]:
+    """Exact percentiles for a ``GROUP BY`` of stages, one sort per metric: ``percentile_disc``
+    is the nearest rank, and it skips NULLs as ``count`` does."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    fractions = literal([p / 100 for p in PERCENTILES], ARRAY(Float))
+    columns: list[Any] = []
+    for value in _metrics(conn, jobs):
+        columns += [func.count(value), func.percentile_disc(fractions).within_group(value)]
+    return columns
+
+
+def _ranked(count: int, values: list[float] | None) -> _Ranked:
+    if not count or values is None:
+        return 0, {}
+    return int(count), dict(zip(PERCENTILES, map(float, values), strict=True))
 
 
 def _sampled_percentiles(
