@@ -45,7 +45,6 @@ from jobtrace.records import FAILED_STATES, JobState
 __all__ = [
     "BATCH_SIZE",
     "PAUSE",
-    "YIELD",
     "PruneResult",
     "RuleCount",
     "format_duration",
@@ -57,9 +56,6 @@ __all__ = [
 BATCH_SIZE = 1000
 #: Seconds to wait after each transaction, so writers and readers get the store in between.
 PAUSE = 0.1
-#: The wait after a transaction is at least this many times as long as the transaction took, so
-#: a prune holds the store (SQLite's one write lock, PostgreSQL's CPU) a fifth of the time at most.
-YIELD = 4.0
 
 JOBS: Table = Base.metadata.tables[Job.__tablename__]
 ATTEMPTS: Table = Base.metadata.tables[Attempt.__tablename__]
@@ -259,8 +255,7 @@ def prune(
         keep_failing_by_name: ``keep_failing`` for the runs of one root job name; default the
             longer of that name's ``keep`` and ``keep_failing``.
         batch_size: Jobs deleted per transaction, with their attempts (a bigger run alone).
-        pause: Seconds to wait after each transaction, at least; and at least :data:`YIELD`
-            times as long as the transaction took (none at all if 0).
+        pause: Seconds to wait after each transaction.
         dry_run: Count what each rule would delete, delete nothing.
         now: The prune's "now" (tests); else this machine's clock.
         on_progress: Called with the totals so far after each transaction (each step of a dry run).
@@ -434,17 +429,15 @@ class _Pruner:
         batch, self.pending, self.pending_jobs = self.pending, [], 0
         if not batch:
             return
-        began = time.monotonic()
         try:
             self._transaction(batch)
         except _Changed:
             for run in batch:
                 self._retry_alone(run)
-        took = time.monotonic() - began
         if self.on_progress is not None:
             self.on_progress(self.state.result())
         if self.pause:
-            time.sleep(max(self.pause, YIELD * took))
+            time.sleep(self.pause)
 
     def _retry_alone(self, run: _Run) -> None:
         """Judge one run again from what the store holds now, and delete it alone if it still goes."""
