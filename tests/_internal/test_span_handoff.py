@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
+from jobtrace._internal import forkchannel
 from jobtrace._internal.span_handoff import HandoffSpanProcessor, decode, encode
 
 
@@ -33,12 +34,14 @@ class Kept(SpanExporter):
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[TracerProvider, Kept, HandoffSpanProcessor]]:
+    forkchannel.reset()
     exporter = Kept(tmp_path / "child-exported")
     processor = HandoffSpanProcessor(SimpleSpanProcessor(exporter))
     provider = TracerProvider(resource=Resource({"service.name": "horse-test"}))
     provider.add_span_processor(processor)
     yield provider, exporter, processor
     provider.shutdown()
+    forkchannel.reset()
 
 
 def job_spans(provider: TracerProvider, n: int) -> None:
@@ -99,13 +102,12 @@ def test_a_child_exports_itself_when_the_parent_is_gone(
     setup: tuple[TracerProvider, Kept, HandoffSpanProcessor], tmp_path: Path
 ) -> None:
     """No reader (the channel closed): the child's spans go to its own exporter, not lost."""
-    provider, exporter, processor = setup
+    provider, exporter, _ = setup
     job_spans(provider, 0)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            assert processor._child_end is not None
-            processor._child_end.close()  # as if the parent's end were gone
+            forkchannel.close()  # as if the parent's end were gone
             job_spans(provider, 1)
         finally:
             os._exit(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -192,7 +193,9 @@ def test_a_forked_child_counts_only_its_own_outcomes() -> None:
     )
     if not hasattr(__import__("os"), "fork"):
         pytest.skip("no fork on this platform")
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    # Without the hand-off, which would count the child's job in the parent (test_forkchannel).
+    env = {**os.environ, "JOBTRACE_HANDOFF": "0"}
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env=env)
 
 
 def _outcome_counts(telemetry: CapturedTelemetry) -> dict[str, int]:

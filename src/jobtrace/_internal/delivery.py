@@ -34,6 +34,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from jobtrace import records
+from jobtrace._internal import forkchannel
 from jobtrace._internal.config import get_settings
 from jobtrace._version import __version__
 
@@ -209,10 +210,10 @@ class _Flush:
 
 
 def _targets(providers: Iterable[object]) -> list[tuple[object, Signal]]:
-    found: list[tuple[object, Signal]] = [
-        (trace.get_tracer_provider(), "traces"),
-        (metrics.get_meter_provider(), "metrics"),
-    ]
+    found: list[tuple[object, Signal]] = [(trace.get_tracer_provider(), "traces")]
+    # A forked child that hands its measurements to its parent has none of its own to export.
+    if not forkchannel.handed_off("metrics"):
+        found.append((metrics.get_meter_provider(), "metrics"))
     for provider in providers:
         if provider is None or any(provider is known for known, _ in found):
             continue

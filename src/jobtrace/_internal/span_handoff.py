@@ -1,24 +1,16 @@
 """Spans of forked processes handed to the process they came from, which exports them.
 
-RQ forks a work horse per job: a horse that exports its own spans opens a connection to the
-collector and waits for it at the end of every job, and a collector that is slow or down makes
-every job pay. So the span processor :func:`jobtrace.configure` installs opens a local datagram
-socket pair before a fork; in the child each ended span is sent through it as plain data, and the
-long-lived parent rebuilds it and hands it to its own batch processor, which exports it with the
-parent's spans. A horse's flush at the job's end then has nothing to wait for. A child killed
-mid-job loses only the spans it had not ended. Sending never blocks: a full socket (the parent is
-busy or gone) makes the child export that span itself, as without a hand-off.
+The span processor :func:`jobtrace.configure` installs sends, in a forked child (an RQ work horse,
+a prefork child), each ended span through :mod:`~jobtrace._internal.forkchannel` as plain data;
+the long-lived parent rebuilds it and hands it to its own batch processor, which exports it with
+the parent's spans. A horse's flush at the job's end then has no span to wait for, and the horse
+never connects to the collector. A child killed mid-job loses only the spans it had not ended; a
+span that cannot be sent is exported by the child itself, as without a hand-off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import pickle
-import socket
-import threading
-import weakref
 from typing import Any
 
 from opentelemetry import trace as trace_api
@@ -29,14 +21,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
+from jobtrace._internal import forkchannel
+
 logger = logging.getLogger("jobtrace")
 
-_RECEIVE_SIZE = 4 * 1024 * 1024
-
-
-def enabled() -> bool:
-    """``JOBTRACE_HANDOFF=0`` makes forked processes export their spans themselves."""
-    return os.environ.get("JOBTRACE_HANDOFF", "1") != "0"
+KIND = "span"
 
 
 class HandoffSpanProcessor(SpanProcessor):
@@ -44,109 +33,31 @@ class HandoffSpanProcessor(SpanProcessor):
 
     def __init__(self, inner: SpanProcessor) -> None:
         self.inner = inner
-        self._parent_end: socket.socket | None = None
-        self._child_end: socket.socket | None = None
-        self._owner = os.getpid()
-        self._in_child = False
-        self._reader: threading.Thread | None = None
-        self._closed = False
-        _instances.add(self)
-
-    # -- the SpanProcessor interface ------------------------------------------------------------
+        forkchannel.handle(KIND, self._take)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self.inner.on_start(span, parent_context=parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._in_child and self._send(span):
-            return
+        if forkchannel.in_child():
+            try:
+                if forkchannel.send(KIND, encode(span)):
+                    return
+            except Exception:  # a span that cannot be taken apart is exported here
+                logger.debug("jobtrace: span not handed over", exc_info=True)
         self.inner.on_end(span)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        if self._in_child:
+        if forkchannel.in_child():
             return True  # every span went to the parent as it ended: nothing is buffered here
         return self.inner.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        self._closed = True
-        for end in (self._parent_end, self._child_end):
-            if end is not None:
-                with contextlib.suppress(OSError):
-                    end.close()
         self.inner.shutdown()
 
-    # -- the child's side -------------------------------------------------------------------------
-
-    def _send(self, span: ReadableSpan) -> bool:
-        end = self._child_end
-        if end is None:
-            return False
-        try:
-            end.send(pickle.dumps(encode(span), pickle.HIGHEST_PROTOCOL))
-        except Exception:  # full, the parent gone, or a value pickle refuses: export it here
-            return False
-        return True
-
-    def _after_fork_in_child(self) -> None:
-        if self._child_end is None:
-            return
-        self._in_child = True
-        self._reader = None  # the parent's thread did not come along
-        if self._parent_end is not None:
-            with contextlib.suppress(OSError):
-                self._parent_end.close()
-            self._parent_end = None
-
-    # -- the parent's side -------------------------------------------------------------------------
-
-    def _before_fork(self) -> None:
-        """Open the channel (once) and read it, before this process forks its first child."""
-        if self._closed or self._in_child or os.getpid() != self._owner:
-            return
-        if self._parent_end is None:
-            try:
-                self._parent_end, self._child_end = socket.socketpair(
-                    socket.AF_UNIX, socket.SOCK_DGRAM
-                )
-            except OSError as error:
-                logger.warning("jobtrace: forked processes will export their spans: %s", error)
-                return
-            self._child_end.setblocking(False)
-        if self._reader is None:
-            self._reader = threading.Thread(
-                target=self._read, name="jobtrace-span-handoff", daemon=True
-            )
-            self._reader.start()
-
-    def _read(self) -> None:
-        end = self._parent_end
-        while end is not None and not self._closed:
-            try:
-                data = end.recv(_RECEIVE_SIZE)
-            except InterruptedError:
-                continue
-            except OSError:
-                return  # closed
-            try:
-                self.inner.on_end(decode(pickle.loads(data)))
-            except Exception:
-                logger.warning("jobtrace: a span handed over by a child was lost", exc_info=True)
-
-
-_instances: weakref.WeakSet[HandoffSpanProcessor] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    for processor in list(_instances):
-        processor._before_fork()
-
-
-def _after_fork_in_child() -> None:
-    for processor in list(_instances):
-        processor._after_fork_in_child()
-
-
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    def _take(self, payload: Any) -> None:
+        """In the parent: a span a child ended."""
+        self.inner.on_end(decode(payload))
 
 
 # -- a span as plain data and back ------------------------------------------------------------------

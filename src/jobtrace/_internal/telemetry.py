@@ -7,6 +7,7 @@ instrumentor given its own providers (``tracer_provider=``, ``meter_provider=``)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.util.types import Attributes
 
-from jobtrace._internal import delivery, semconv
+from jobtrace._internal import delivery, forkchannel, semconv
 from jobtrace._version import __version__
 
 logger = logging.getLogger("jobtrace")
@@ -68,9 +71,12 @@ class OutcomeTally:
         self._counts: dict[TallyKey, int] = {}
         self._lock = threading.Lock()
         self._generation = 0
+        self._handed_off = False
 
     def add(self, attributes: TallyKey) -> None:
         """Count one job run (or message) with these (already ordered) attributes."""
+        if self._handed_off and forkchannel.send(TALLY, (_TALLIES.index(self), attributes)):
+            return  # a forked child's count, counted by its parent
         with self._lock:
             self._counts[attributes] = self._counts.get(attributes, 0) + 1
 
@@ -103,6 +109,7 @@ class OutcomeTally:
         self._lock = threading.Lock()
         self._counts = {}
         self._generation += 1
+        self._handed_off = False
 
 
 TallyKey = tuple[tuple[str, str | int], ...]
@@ -211,18 +218,84 @@ def _create_instruments(provider: MeterProvider) -> Instruments:
     )
 
 
+MEASURE = "measure"
+TALLY = "tally"
+
+
+class _HandedOffHistogram(Histogram):
+    """In a forked child: each measurement goes to the parent's histogram of the same name.
+
+    A work horse lives for one job: its own cumulative histograms would restart with every horse
+    and cost every job an export. The parent aggregates them with its own.
+    """
+
+    def __init__(self, field: str, inner: Histogram) -> None:
+        self._field = field
+        self._inner = inner
+
+    def record(self, amount: float, attributes: Attributes = None, context: object = None) -> None:
+        if not forkchannel.send(MEASURE, (self._field, amount, dict(attributes or {}))):
+            self._inner.record(amount, attributes)
+
+
+def _take_measurement(payload: tuple[str, float, dict[str, str | int]]) -> None:
+    field, amount, attributes = payload
+    histogram: Histogram = getattr(instruments(), field)
+    histogram.record(amount, attributes)
+
+
+def _take_count(payload: tuple[int, TallyKey]) -> None:
+    index, attributes = payload
+    _TALLIES[index].add(tuple(tuple(pair) for pair in attributes))  # type: ignore[misc]
+
+
+def _warm_before_fork() -> None:
+    """Make the tracer and the instruments before a fork, so a child starts with them made.
+
+    With a real meter provider, children hand their measurements to this process (below).
+    """
+    try:
+        tracer()
+        provider = metrics.get_meter_provider()
+        instruments()
+        if isinstance(provider, SdkMeterProvider) and forkchannel.enabled():
+            forkchannel.handle(MEASURE, _take_measurement)
+            forkchannel.handle(TALLY, _take_count)
+    except Exception:
+        logger.debug("jobtrace: warming up before a fork failed", exc_info=True)
+
+
 _main_pid = os.getpid()
 
 
 def _note_fork() -> None:
-    global _in_forked_child
+    global _in_forked_child, _instruments_cache
     _in_forked_child = True
     for tally in _TALLIES:
         tally.restart_in_child()
+    cached = _instruments_cache
+    if cached is None or not forkchannel.handled(MEASURE):
+        return
+    provider, made = cached
+    if provider is not metrics.get_meter_provider():
+        return
+    _instruments_cache = (
+        provider,
+        dataclasses.replace(
+            made,
+            process_duration=_HandedOffHistogram("process_duration", made.process_duration),
+            queue_wait=_HandedOffHistogram("queue_wait", made.queue_wait),
+            operation_duration=_HandedOffHistogram("operation_duration", made.operation_duration),
+        ),
+    )
+    for tally in _TALLIES:
+        tally._handed_off = True
+    forkchannel.hand_off("metrics")
 
 
 _in_forked_child = False
-os.register_at_fork(after_in_child=_note_fork)
+# Before-fork hooks run last registered first: this one before forkchannel's opens the channel.
+os.register_at_fork(before=_warm_before_fork, after_in_child=_note_fork)
 
 
 def in_forked_child() -> bool:
