@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
-from jobtrace._internal import delivery, semconv, span_handoff
+from jobtrace._internal import delivery, forkchannel, semconv, span_handoff
 from jobtrace._internal.config import Relationship, get_settings, update_settings
 from jobtrace._internal.semconv import SpanNames
 
@@ -111,7 +111,7 @@ def _install_tracer_provider(resource: Resource, console: bool) -> bool:
             batch = BatchSpanProcessor(_otlp_span_exporter())
             # Forked work horses hand their spans to this process instead of exporting them.
             provider.add_span_processor(
-                span_handoff.HandoffSpanProcessor(batch) if span_handoff.enabled() else batch
+                span_handoff.HandoffSpanProcessor(batch) if forkchannel.enabled() else batch
             )
         elif console:
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSummaryExporter()))
