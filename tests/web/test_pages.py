@@ -389,3 +389,34 @@ def test_run_page_on_postgresql(postgres_url: str) -> None:
         child = served.get(f"/api/jobs/{quote(HOSTILE_CHILD, safe='')}")
     assert stage_counts(Page.parse(page.body).rows(0)) == expected_counts(stored, stored.run.root)
     assert child.json()["job"]["job_id"] == HOSTILE_CHILD
+
+
+def test_crashed_batches_show_their_document_ids_and_the_whole_args_one_click_away(
+    sqlite_url: str,
+) -> None:
+    """Scenario 2 on the parent's page: args cut where the batches differ, as the CLI cuts them."""
+    from tests.lineage.builders import TreeBuilder, create_schema
+
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    upload = builder.job("UploadJob", job_id="upload-7")
+    path = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
+    for n in range(3):
+        builder.job(
+            "BatchJob",
+            upload,
+            job_id=f"batch-{n}",
+            state="crashed",
+            args={"upload": path, "document_ids": [n * 100 + i for i in range(4)]},
+        )
+    builder.insert(engine)
+    engine.dispose()
+    with running(sqlite_url) as dashboard:
+        body = html.unescape(dashboard.get("/jobs/upload-7").body)
+        listed = html.unescape(dashboard.get("/list?parent=upload-7").body)
+    for page in (body, listed):
+        for n in range(3):
+            ids = ",".join(str(n * 100 + i) for i in range(4))
+            assert f'<summary><code>{{"upload":"s…"document_ids":[{ids}]}}</code></summary>' in page
+            assert f'"document_ids":[{ids}]}}</code></details>' in page
+        assert path in page  # the whole args, inside <details>

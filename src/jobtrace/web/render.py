@@ -10,11 +10,20 @@ what to install instead.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jobtrace.display import FAILING, STATE_ORDER, STUCK, short, span, state_order, when
+from jobtrace.display import (
+    FAILING,
+    STATE_ORDER,
+    STUCK,
+    short,
+    shorten_args,
+    span,
+    state_order,
+    when,
+)
 from jobtrace.lineage.queries import FAILURES, JobRow
 
 if TYPE_CHECKING:
@@ -79,6 +88,7 @@ class Renderer:
             RELATIONS=RELATIONS,
             job_fields=job_fields,
             counts_in_order=counts_in_order,
+            args_cut=_args_cut,
             zip=zip,
         )
 
@@ -129,3 +139,8 @@ def _percent(value: float, digits: int = 0) -> str:
 def counts_in_order(states: Mapping[str, int]) -> list[tuple[str, int]]:
     """A state → count mapping in reading order."""
     return [(state, states[state]) for state in state_order(states)]
+
+
+def _args_cut(texts: Iterable[str | None], width: int) -> list[str]:
+    """The args of the jobs a page lists together, each cut where they differ (as the CLI does)."""
+    return shorten_args(list(texts), width)
