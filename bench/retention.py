@@ -9,8 +9,8 @@ SQLite, ``COPY`` into PostgreSQL), indexes built afterwards, then on each:
    failures of a 100k-job run, the children of one of its parents) ``--repeat`` times;
 3. starts a recorder writing new jobs' lives as fast as it can, then ``--prunes`` times in turn:
    samples its throughput (records/s) alone, then runs ``jobtrace prune`` in a process of its own
-   (as cron would) and samples the recorder until the prune ends. The first prune deletes the
-   clean runs older than 110 days (of 120), each next one ``--step-days`` more;
+   (as cron would) and samples the recorder until the prune ends. Each prune deletes
+   ``--step-days`` more days of clean runs (the store spans 120 days);
 4. times the hot queries again.
 
 Every figure is the median of its samples with their lowest and highest (and how many). The
@@ -634,13 +634,12 @@ class Outcome:
 
 
 def prune_steps(count: int, days: int) -> list[str]:
-    """Prunes in turn, as nights of a cron: the first catches up, each next one ``days`` more.
+    """Prunes in turn, as nights of a cron: each deletes ``days`` more of the clean runs.
 
-    The store spans 120 days. The first prune deletes the clean runs idle for 110 days and the
-    failing ones idle for 115 (a store's first prune: a twelfth of it); each next one ``days``
-    more of the clean runs (about ``days / 120`` of the store).
+    The store spans 120 days: each prune deletes about ``days / 120`` of it (the first also the
+    failing runs idle for 115 days).
     """
-    return [f"--keep {110 - days * k}d --keep-failing 115d" for k in range(count)]
+    return [f"--keep {120 - days * (k + 1)}d --keep-failing 115d" for k in range(count)]
 
 
 def _prune_beside(writer: Writer, url: str, options: str, window: float) -> PruneRun:
@@ -777,13 +776,13 @@ def main() -> None:
         "--prunes",
         type=int,
         default=3,
-        help="prunes in turn: a first one of a twelfth, then --step-days each (%(default)s)",
+        help="prunes in turn, each deleting --step-days more of the store (%(default)s)",
     )
     parser.add_argument(
         "--step-days",
         type=int,
         default=10,
-        help="days of clean runs each prune after the first deletes (%(default)s, of 120)",
+        help="days of clean runs each prune deletes (%(default)s, of 120)",
     )
     parser.add_argument(
         "--prune-options",
