@@ -13,14 +13,16 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import create_engine, update
 
 from jobtrace.lineage.models import Job
+from jobtrace.lineage.queries import LineageStore
 from tests.lineage.builders import TreeBuilder, create_schema
 from tests.web.support import Stored, running
+from tests.web.test_compare import two_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -265,3 +267,33 @@ def test_from_the_runs_page_three_clicks_reach_the_stuck_stage_s_jobs(
         page.click(f"table.jobs a[href='/jobs/{stuck[0][1]}']")
         page.wait_for_selector("h2:text('Path')")
         assert "queued" in page.inner_text("h1")
+
+
+def test_from_the_runs_page_a_run_is_compared_with_the_one_before(
+    sqlite_url: str, page: Any, artifacts: Path
+) -> None:
+    """Runs page → tonight's run → "compare with previous": last night's run against tonight's,
+    each stage's totals and deltas as ``jobtrace diff`` has them."""
+    runs = two_runs(sqlite_url)
+    with LineageStore(sqlite_url) as store:
+        diff = store.diff(runs.last, runs.this)
+    with running(sqlite_url) as served:
+        page.goto(served.base + "/")
+        page.click(f"a[href='/runs/{runs.this}']")
+        page.wait_for_selector("table.stages")
+        assert page.get_attribute("#previous-run", "href") == f"/runs/{runs.last}"
+        page.click("#compare-previous")
+        page.wait_for_selector("table.compare")
+        assert page.title() == "Compare runs · jobtrace"
+        query = parse_qs(urlsplit(page.url).query)
+        assert (query["a"], query["b"]) == ([runs.last], [runs.this])
+        cells = page.eval_on_selector_all(
+            "table.compare tbody tr",
+            "rows => rows.map(r => Array.from(r.cells, c => c.textContent.trim()))",
+        )
+        shown = {row[1]: (row[2], row[3], row[4]) for row in cells}
+        assert shown == {
+            stage.name: (f"{stage.a.total:,}", f"{stage.b.total:,}", f"{stage.total_delta:+,}")
+            for stage in diff.stages
+        }
+        screenshot(page, artifacts, "compare")

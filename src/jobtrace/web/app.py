@@ -45,9 +45,11 @@ from jobtrace.lineage.queries import (
 )
 from jobtrace.web.auth import Credentials
 from jobtrace.web.links import Links, Urls, trace_template
+from jobtrace.web.links import trace_service as service_option
 from jobtrace.web.render import Renderer
 from jobtrace.web.snapshot import snapshot
 from jobtrace.web.views import (
+    CompareView,
     JobListView,
     JobView,
     QueuesView,
@@ -55,6 +57,7 @@ from jobtrace.web.views import (
     RunView,
     Thresholds,
     View,
+    compare_view,
     job_list_view,
     job_view,
     queues_view,
@@ -119,7 +122,7 @@ _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; cha
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ALLOWED = "GET, HEAD"
 
-Page = Literal["runs", "run", "lookup", "job", "static", "list", "export", "queues"]
+Page = Literal["runs", "run", "lookup", "job", "static", "list", "export", "queues", "compare"]
 
 
 class StartResponse(Protocol):
@@ -182,6 +185,8 @@ def resolve(segments: Sequence[str]) -> Route:
             return Route("export", arg=name.removeprefix("list."))
         case ["queues"]:
             return Route("queues", api)
+        case ["compare"]:
+            return Route("compare", api)
         case ["static", name] if not api:
             return Route("static", arg=name)
         case _:
@@ -315,6 +320,10 @@ class DashboardApp:
                 run = _text(params, "run")
                 root = _run_root(store, run) if run else None
                 view = queues_view(store, root, as_of)
+            elif route.page == "compare":
+                typed_a, typed_b = _compared(params)
+                run_a, run_b = _run_root(store, typed_a), _run_root(store, typed_b)
+                view = compare_view(store, run_a, run_b, as_of)
             elif route.page == "runs":
                 limit = _int(params, "limit", 20, 1, 1000)
                 view = runs_view(store, limit, _text(params, "name"), as_of)
@@ -345,6 +354,9 @@ class DashboardApp:
         elif isinstance(view, QueuesView):
             run = None if view.run is None else view.run.job_id
             template, title, twin = "queues.html", "Queues", urls.queues(run, api=True)
+        elif isinstance(view, CompareView):
+            a, b = view.diff.a.job_id, view.diff.b.job_id
+            template, title, twin = "compare.html", "Compare runs", urls.compare(a, b, api=True)
         elif isinstance(view, RunView):
             root = view.overview.root
             template, title, twin = "run.html", f"Run {root.name}", urls.run(root.job_id, api=True)
@@ -472,6 +484,7 @@ def create_app(
     *,
     base_path: str = "",
     trace_url: str | None = None,
+    trace_service: str | None = None,
     poll_seconds: float = POLL_SECONDS,
     credentials: Credentials | None = None,
 ) -> DashboardApp:
@@ -483,13 +496,16 @@ def create_app(
         base_path: The prefix the app is mounted at, if the host does not pass it as
             ``SCRIPT_NAME`` (werkzeug's ``DispatcherMiddleware`` does).
         trace_url: The trace link template (see :func:`~jobtrace.web.links.trace_template`).
+        trace_service: What a template's ``{service}`` becomes (``None``:
+            ``JOBTRACE_TRACE_SERVICE``); needed by a template that uses it.
         poll_seconds: How often a page in progress checks for news.
         credentials: Require these on every request (see :class:`~jobtrace.web.auth.Credentials`).
 
     Raises:
-        ValueError: A bad trace URL template or base path, or Jinja2 missing.
+        ValueError: A bad trace URL template (or one using ``{service}`` without a service) or
+            base path, or Jinja2 missing.
     """
-    links = Links(trace_template(trace_url))
+    links = Links(trace_template(trace_url), service_option(trace_service))
     owned = not isinstance(store_or_url, LineageStore)
     store = store_or_url if isinstance(store_or_url, LineageStore) else LineageStore(store_or_url)
     try:
@@ -624,6 +640,14 @@ def _run_root(store: LineageStore, typed: str) -> str:
     return job.root_job_id or job.job_id
 
 
+def _compared(params: Mapping[str, str]) -> tuple[str, str]:
+    """The two runs ``/compare?a=RUN&b=RUN`` names (ids or unique prefixes, as ``/list?run=``)."""
+    for name in ("a", "b"):
+        if not params.get(name):
+            _bad(f"comparing needs two runs: ?a=RUN&b=RUN ({name} is missing)")
+    return _job_id(params["a"]), _job_id(params["b"])
+
+
 def _page_params(view: JobListView) -> dict[str, str]:
     """The query of a list page, to write its twin's and its neighbours' links."""
     params = view.where.params()
@@ -693,7 +717,7 @@ def _json_lines(
     yield (json.dumps(head, ensure_ascii=False)[:-1] + ', "jobs": [\n').encode("utf-8", "replace")
     count = 0
     for job in rows:
-        item = {**jsonable(job), "trace_url": links.trace(job.trace_id)}
+        item = {**jsonable(job), "trace_url": links.job(job, now=as_of)}
         line = ("," if count else "") + json.dumps(item, ensure_ascii=False) + "\n"
         count += 1
         yield line.encode("utf-8", "replace")

@@ -456,6 +456,7 @@ def make_server(
     port: int = 8080,
     *,
     trace_url: str | None = None,
+    trace_service: str | None = None,
     base_path: str = "",
     credentials: Credentials | None = None,
     poll_seconds: float = POLL_SECONDS,
@@ -469,6 +470,7 @@ def make_server(
 
     Args:
         trace_url: The trace link template (see :func:`~jobtrace.web.links.trace_template`).
+        trace_service: What the template's ``{service}`` becomes (else ``JOBTRACE_TRACE_SERVICE``).
         base_path: Serve under this prefix (behind a proxy that does not strip it).
         credentials: What every request must present; ``None`` takes them from the environment
             (``JOBTRACE_WEB_TOKEN``, or ``JOBTRACE_WEB_USER`` and ``JOBTRACE_WEB_PASSWORD``).
@@ -490,6 +492,7 @@ def make_server(
     app = create_app(
         store,
         trace_url=trace_url,
+        trace_service=trace_service,
         base_path=base_path,
         poll_seconds=poll_seconds,
         credentials=credentials,

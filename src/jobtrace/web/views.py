@@ -28,14 +28,17 @@ from jobtrace.lineage.queries import (
     LineageStore,
     Overview,
     Progress,
+    RunDiff,
     RunSummary,
     Stage,
     Why,
 )
 from jobtrace.lineage.stagetimes import StageTimes
 from jobtrace.web.links import Links
+from jobtrace.web.traces import RunTraces, previous_run, run_traces
 
 __all__ = [
+    "CompareView",
     "JobListView",
     "JobView",
     "QueuesView",
@@ -45,6 +48,7 @@ __all__ = [
     "StageRow",
     "Thresholds",
     "View",
+    "compare_view",
     "job_list_view",
     "job_view",
     "queues_view",
@@ -111,6 +115,9 @@ class RunView:
     health: Health
     as_of: datetime
     times: dict[tuple[int, str], StageTimes] = dataclasses.field(default_factory=dict)
+    traces: RunTraces = dataclasses.field(default_factory=lambda: RunTraces((), 0, False))
+    #: The latest run of the same root job name before this one.
+    previous: JobRow | None = None
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -140,6 +147,47 @@ class RunView:
     def stage_total(self, depth: int, name: str) -> int:
         """Jobs of one stage (the share a failure group is of its stage)."""
         return sum(row.count for row in self.rows if (row.depth, row.name) == (depth, name))
+
+    @property
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """When the run went on: its first enqueue (or start) to its last finish, or now if live."""
+        root = self.overview.root
+        starts = [t.first_enqueued_at or t.first_started_at for t in self.times.values()]
+        start = min([s for s in starts if s is not None], default=None)
+        start = start or root.enqueued_at or root.started_at
+        ends = [t.last_finished_at for t in self.times.values() if t.last_finished_at]
+        end = None if self.live else max(ends, default=root.finished_at)
+        return start, end
+
+    def trace_url(self, links: Links, trace_id: str | None) -> str | None:
+        """A trace of the run, over the run's time range."""
+        return links.trace(trace_id, *self.window, now=self.as_of)
+
+
+@dataclass(frozen=True)
+class CompareView:
+    """Two runs stage by stage, as ``jobtrace diff`` prints them: run ``a`` against run ``b``."""
+
+    diff: RunDiff
+    as_of: datetime
+
+    @property
+    def live(self) -> bool:
+        """Whether either run still has jobs to do."""
+        return any(
+            state in _STILL_TO_DO and count
+            for stage in self.diff.stages
+            for side in (stage.a, stage.b)
+            for state, count in side.states.items()
+        )
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        """Jobs in run a and in run b."""
+        return (
+            sum(stage.a.total for stage in self.diff.stages),
+            sum(stage.b.total for stage in self.diff.stages),
+        )
 
 
 @dataclass(frozen=True)
@@ -222,7 +270,7 @@ class QueuesView:
         return "older run" if theirs < mine else "newer run"
 
 
-View = RunsView | RunView | JobView | JobListView | QueuesView
+View = RunsView | RunView | JobView | JobListView | QueuesView | CompareView
 
 
 def runs_view(store: LineageStore, limit: int, name: str | None, as_of: datetime) -> RunsView:
@@ -273,7 +321,14 @@ def run_view(store: LineageStore, root_id: str, thresholds: Thresholds, as_of: d
     stuck_stages = len({(stage.depth, stage.name) for stage in overview.stuck})
     health = run_health(summary, stuck_stages=stuck_stages)
     times = store.stage_times(root_id)
-    return RunView(overview, rows, thresholds, health, as_of, times)
+    traces = run_traces(store, root_id)
+    previous = previous_run(store, overview.root)
+    return RunView(overview, rows, thresholds, health, as_of, times, traces, previous)
+
+
+def compare_view(store: LineageStore, run_a: str, run_b: str, as_of: datetime) -> CompareView:
+    """Run ``run_a`` against run ``run_b`` (any job of each, ids already resolved)."""
+    return CompareView(store.diff(run_a, run_b), as_of)
 
 
 def job_view(store: LineageStore, job_id: str, limit: int, as_of: datetime) -> JobView:
@@ -323,7 +378,7 @@ def _document(view: View, links: Links) -> dict[str, Any]:
                 {
                     **_with(entry.summary, "failures", "active"),
                     **_health(entry.health),
-                    "trace_url": links.trace(entry.summary.root.trace_id),
+                    "trace_url": _run_trace(entry, links, view.as_of),
                 }
                 for entry in view.runs
             ],
@@ -334,7 +389,24 @@ def _document(view: View, links: Links) -> dict[str, Any]:
         root = view.overview.root
         return {
             "root": jsonable(root),
-            "trace_url": links.trace(root.trace_id),
+            "trace_url": view.trace_url(links, root.trace_id),
+            "traces": {
+                "count": view.traces.count,
+                "count_capped": view.traces.capped,
+                "listed": [
+                    {
+                        **jsonable(trace),
+                        "trace_url": links.trace(
+                            trace.trace_id,
+                            trace.enqueued_at or trace.started_at,
+                            trace.finished_at,
+                            now=view.as_of,
+                        ),
+                    }
+                    for trace in view.traces.traces
+                ],
+            },
+            "previous": None if view.previous is None else jsonable(view.previous),
             "total": view.total,
             **_health(view.health),
             "stages": jsonable(view.rows),
@@ -349,7 +421,7 @@ def _document(view: View, links: Links) -> dict[str, Any]:
             "limit": view.limit,
             "after": None if view.after is None else view.after.encode(),
             "jobs": [
-                {**jsonable(job), "trace_url": links.trace(job.trace_id)} for job in view.jobs
+                {**jsonable(job), "trace_url": links.job(job, now=view.as_of)} for job in view.jobs
             ],
             "next": None if page.next is None else page.next.encode(),
             "count": page.count,
@@ -375,21 +447,43 @@ def _document(view: View, links: Links) -> dict[str, Any]:
                 for queue in view.queues
             ],
         }
+    if isinstance(view, CompareView):
+        diff = view.diff
+        return {
+            "a": jsonable(diff.a),
+            "b": jsonable(diff.b),
+            "totals": {"a": view.totals[0], "b": view.totals[1]},
+            "stages": [
+                {
+                    **jsonable(stage),
+                    "total_delta": stage.total_delta,
+                    "state_deltas": stage.state_deltas,
+                    "median_delta": stage.median_delta,
+                }
+                for stage in diff.stages
+            ],
+        }
     why = view.why
     return {
         "job": jsonable(view.job),
-        "trace_url": links.trace(view.job.trace_id),
+        "trace_url": links.job(view.job, now=view.as_of),
         "path": jsonable(why.path),
         "cause": jsonable(why.cause),
         "relation": why.relation,
         "attempts": [
-            {**jsonable(attempt), "trace_url": links.trace(attempt.trace_id)}
+            {**jsonable(attempt), "trace_url": links.job(attempt, now=view.as_of)}
             for attempt in why.attempts
         ],
         "progress": _with(view.progress, "fraction", "complete"),
         "children": jsonable(view.children),
         "more_children": view.more_children,
     }
+
+
+def _run_trace(entry: RunEntry, links: Links, as_of: datetime) -> str | None:
+    """The root's trace from when the run began to now (its children may end after the root)."""
+    root = entry.summary.root
+    return links.trace(root.trace_id, root.enqueued_at or root.started_at, None, now=as_of)
 
 
 def _health(health: Health) -> dict[str, Any]:

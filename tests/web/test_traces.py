@@ -1,0 +1,90 @@
+"""The traces of a run and the previous run of the same name, read in a page's snapshot."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+import pytest
+
+from jobtrace.lineage.queries import LineageStore
+from jobtrace.web import traces
+from jobtrace.web.snapshot import snapshot
+from jobtrace.web.traces import previous_run, run_traces
+from tests.lineage.builders import TreeBuilder, create_schema
+
+
+def split_run(builder: TreeBuilder, parts: int, *, start: float = 0.0) -> str:
+    """A root whose children are split into ``parts`` traces of two jobs each (fan-out split)."""
+    root = builder.job("FanOutJob", enqueued=start, trace_id="root-trace")
+    for part in range(parts):
+        for _ in range(2):
+            builder.job(
+                "ItemJob",
+                root,
+                enqueued=start + 10 + part,
+                finished=start + 20 + part,
+                trace_id=f"split-{part:03d}",
+            )
+    return root
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> LineageStore:
+    """An empty schema on SQLite."""
+    create_schema(sqlite_url).dispose()
+    return LineageStore(sqlite_url)
+
+
+def test_a_split_run_lists_its_first_traces_and_counts_them(store: LineageStore) -> None:
+    """Traces come in the order their jobs were enqueued, with their jobs and times; all counted."""
+    builder = TreeBuilder()
+    root = split_run(builder, 7)
+    builder.insert(store.engine)
+    with snapshot(store) as frozen:
+        found = run_traces(frozen, root, limit=3)
+    assert (found.count, found.split, found.capped) == (8, True, False)
+    assert [t.trace_id for t in found.traces] == ["root-trace", "split-000", "split-001"]
+    assert [t.jobs for t in found.traces] == [1, 2, 2]
+    second = found.traces[1]
+    assert second.enqueued_at is not None
+    assert second.finished_at is not None
+    assert second.enqueued_at.replace(tzinfo=timezone.utc) == builder.at(10)
+    assert second.finished_at.replace(tzinfo=timezone.utc) == builder.at(20)
+
+
+def test_one_trace_is_not_split_and_other_runs_do_not_count(store: LineageStore) -> None:
+    """A run in one trace has count 1; another run's traces and jobs without one are left out."""
+    builder = TreeBuilder()
+    one = builder.job("OneJob")
+    builder.job("Child", one)
+    builder.job("Child", one, trace_id=None)
+    split_run(builder, 4)
+    builder.insert(store.engine)
+    found = run_traces(store, one)
+    assert (found.count, found.split) == (1, False)
+
+
+def test_the_count_stops_at_its_cap(store: LineageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past COUNT_CAP distinct traces the count says capped instead of reading them all."""
+    monkeypatch.setattr(traces, "COUNT_CAP", 5)
+    builder = TreeBuilder()
+    root = split_run(builder, 9)
+    builder.insert(store.engine)
+    found = run_traces(store, root)
+    assert (found.count, found.capped) == (5, True)
+
+
+def test_the_previous_run_is_the_latest_earlier_one_of_the_same_name(store: LineageStore) -> None:
+    """Same root name, enqueued before; later runs, other names and child jobs never qualify."""
+    builder = TreeBuilder()
+    oldest = builder.job("NightlyJob", enqueued=-7200)
+    older = builder.job("NightlyJob", enqueued=-3600)
+    builder.job("NightlyJob", older, enqueued=-10)  # a child of that name: not a run
+    builder.job("OtherJob", enqueued=-60)
+    this = builder.job("NightlyJob", enqueued=0)
+    builder.job("NightlyJob", enqueued=3600)
+    builder.insert(store.engine)
+    with snapshot(store) as frozen:
+        assert previous_run(frozen, frozen.job(this)).job_id == older  # type: ignore[union-attr]
+        assert previous_run(frozen, frozen.job(older)).job_id == oldest  # type: ignore[union-attr]
+        assert previous_run(frozen, frozen.job(oldest)) is None
