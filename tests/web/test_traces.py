@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 
@@ -29,10 +30,18 @@ def split_run(builder: TreeBuilder, parts: int, *, start: float = 0.0) -> str:
 
 
 @pytest.fixture
-def store(sqlite_url: str) -> LineageStore:
-    """An empty schema on SQLite."""
-    create_schema(sqlite_url).dispose()
-    return LineageStore(sqlite_url)
+def store(store_url: str) -> Iterator[LineageStore]:
+    """An empty schema on SQLite, then on PostgreSQL."""
+    create_schema(store_url).dispose()
+    with LineageStore(store_url) as lineage:
+        yield lineage
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC one (SQLite's are naive)."""
+    if moment is None or moment.tzinfo is None:
+        return None if moment is None else moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 def test_a_split_run_lists_its_first_traces_and_counts_them(store: LineageStore) -> None:
@@ -46,10 +55,8 @@ def test_a_split_run_lists_its_first_traces_and_counts_them(store: LineageStore)
     assert [t.trace_id for t in found.traces] == ["root-trace", "split-000", "split-001"]
     assert [t.jobs for t in found.traces] == [1, 2, 2]
     second = found.traces[1]
-    assert second.enqueued_at is not None
-    assert second.finished_at is not None
-    assert second.enqueued_at.replace(tzinfo=timezone.utc) == builder.at(10)
-    assert second.finished_at.replace(tzinfo=timezone.utc) == builder.at(20)
+    assert utc(second.enqueued_at) == builder.at(10)
+    assert utc(second.finished_at) == builder.at(20)
 
 
 def test_one_trace_is_not_split_and_other_runs_do_not_count(store: LineageStore) -> None:
