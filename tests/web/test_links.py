@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from jobtrace.lineage.queries import LineageStore
 from jobtrace.web import Links, create_app, trace_template
 from jobtrace.web.links import MARGIN, PLACEHOLDERS, trace_service
+from tests.lineage.builders import TreeBuilder, create_schema
+from tests.web.support import running
 
 NIGHT = datetime(2026, 12, 2, 2, 0, tzinfo=timezone.utc)
 HONEYCOMB = (
@@ -119,3 +124,25 @@ def test_ready_made_templates_are_kept_and_filled(template: str) -> None:
     assert url is not None
     assert not [p for p in PLACEHOLDERS if p in url]
     assert str(int((NIGHT + MARGIN).timestamp())) in url
+
+
+def test_a_live_run_s_links_end_now_without_making_its_page_redraw(sqlite_url: str) -> None:
+    """A running job's link ends at the answer's moment, yet the twin's version stays the same
+    from one poll to the next while the store does not change (the page does not redraw)."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder(start=datetime.now(timezone.utc) - timedelta(minutes=5))
+    root = builder.job("ImportJob", state="running", started=1, heartbeat=290)
+    builder.insert(engine)
+    engine.dispose()
+    with running(sqlite_url, trace_url=HONEYCOMB) as served:
+        first = served.get(f"/api/runs/{root}").json()
+        time.sleep(1.1)
+        second = served.get(f"/api/runs/{root}").json()
+    assert first["live"] is True
+    ends = [
+        int(parse_qs(urlsplit(d["trace_url"]).query)["trace_end_ts"][0]) for d in (first, second)
+    ]
+    as_of = datetime.fromisoformat(second["as_of"])
+    assert ends[1] == math.ceil((as_of + MARGIN).timestamp())
+    assert ends[1] > ends[0]
+    assert first["version"] == second["version"]

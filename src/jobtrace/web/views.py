@@ -499,8 +499,9 @@ def _with(value: Any, *properties: str) -> dict[str, Any]:
     return {**jsonable(value), **{name: jsonable(getattr(value, name)) for name in properties}}
 
 
-#: Numbers that grow with the clock alone: no reason to redraw a page.
-_CLOCK_ONLY = frozenset({"idle_seconds"})
+#: Numbers that grow with the clock alone: no reason to redraw a page. A trace link's range ends
+#: "now" while its job runs; everything else it is made of (trace id, times) is in the document.
+_CLOCK_ONLY = frozenset({"idle_seconds", "trace_url"})
 
 
 def _version(document: dict[str, Any]) -> str:
