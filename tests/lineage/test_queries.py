@@ -902,3 +902,32 @@ def test_resolve_finds_an_id_only_named_by_other_jobs(store: LineageStore, engin
     builder.job("ChunkJob", parent_job_id="ghost-parent", root_job_id="ghost-root", depth=2)
     builder.insert(engine)
     assert store.resolve("ghost-parent") == "ghost-parent"
+
+
+def test_the_run_page_counts_come_from_indexes_alone_on_sqlite(
+    store: LineageStore, engine: Engine
+) -> None:
+    """The overview's grouped read (stage × queue × state with the times the stuck check needs)
+    and its per-parent grouping are covering-index ranges in index order: no job is read and
+    nothing is sorted (revision 0007; bench/dashboard.py --explain shows them at 100k jobs)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plans")
+    statements = {
+        "ix_jobtrace_jobs_stage_queues": (
+            "SELECT depth, name, queue, state, count(*), min(coalesce(due_at, enqueued_at)),"
+            " max(started_at), max(finished_at) FROM jobtrace_jobs WHERE root_job_id = 'r'"
+            " GROUP BY depth, name, queue, state"
+        ),
+        "ix_jobtrace_jobs_stage_parents": (
+            "SELECT depth, name, parent_job_id, count(*) FROM jobtrace_jobs"
+            " WHERE root_job_id = 'r' AND parent_job_id IS NOT NULL"
+            " GROUP BY depth, name, parent_job_id"
+        ),
+    }
+    with engine.connect() as conn:
+        for index, stmt in statements.items():
+            plan = " | ".join(
+                str(row[-1]) for row in conn.execute(text("EXPLAIN QUERY PLAN " + stmt))
+            )
+            assert f"COVERING INDEX {index}" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan

@@ -126,3 +126,18 @@ def test_upgrade_from_the_first_schema_keeps_the_rows(store_url: str) -> None:
     finally:
         engine.dispose()
     assert tuple(row) == ("old-1", "queued", None)
+
+
+def test_postgres_engines_turn_jit_off(store_url: str) -> None:
+    """A PostgreSQL engine from create_store_engine runs without JIT (compiling the run page's
+    short index reads cost more than running them); SQLite is untouched."""
+    engine = store.create_store_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                pytest.skip("PostgreSQL's JIT")
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+            conn.rollback()
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+    finally:
+        engine.dispose()

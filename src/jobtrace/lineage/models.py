@@ -142,6 +142,22 @@ Index(
     sqlite_where=text(ACTIVE_QUEUE_STATES),
     postgresql_where=text(ACTIVE_QUEUE_STATES),
 )
+#: A run's stage × queue × state with the times the run page needs: its counts, the stuck
+#: check and the stage times read this index alone (revision 0007).
+Index(
+    "ix_jobtrace_jobs_stage_queues",
+    Job.root_job_id,
+    Job.depth,
+    Job.name,
+    Job.queue,
+    Job.state,
+    Job.due_at,
+    Job.enqueued_at,
+    Job.started_at,
+    Job.finished_at,
+)
+#: A run's stage by parent: "from N parents" without reading the jobs (revision 0007).
+Index("ix_jobtrace_jobs_stage_parents", Job.root_job_id, Job.depth, Job.name, Job.parent_job_id)
 #: The jobs of one trace (revision 0006).
 Index("ix_jobtrace_jobs_trace_id", Job.trace_id)
 

@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    null,
     or_,
     select,
     text,
@@ -773,11 +774,13 @@ class LineageStore:
         with self.engine.connect() as conn:
             anchor = _job(conn, job_id)
             jobs = _scope(anchor)
+            # One grouped read of the run feeds the tree, the stuck, the failing and the failures.
+            groups = _RunGroups.read(conn, jobs, now)
             return Overview(
-                tree=_stage_tree(conn, anchor, jobs, now),
-                stuck=tuple(_stuck_stages(conn, jobs, stuck_after, now, samples)),
-                failing=tuple(_failing_stages(conn, jobs, min_failures, min_ratio)),
-                failures=tuple(_failures(conn, jobs, samples)),
+                tree=_stage_tree(conn, anchor, jobs, now, groups),
+                stuck=tuple(_stuck_stages(conn, jobs, stuck_after, now, samples, groups)),
+                failing=tuple(_failing_stages(conn, jobs, min_failures, min_ratio, groups)),
+                failures=tuple(_failures(conn, jobs, samples, groups)),
             )
 
     def progress(self, parent_id: str, *, limit: int = 50) -> Progress:
@@ -1141,22 +1144,133 @@ def _split_scheduled(
                 del counts[queued]
 
 
+@dataclass
+class _RunGroups:
+    """One grouped read of a run (or subtree): what the tree, stuck, failing and failures need.
+
+    The jobs grouped by stage, queue and state, each group with its count, how many are due later,
+    the earliest time one due now could run (due, else enqueued) and their latest start and
+    finish: on a run, a range of the ``(root_job_id, depth, name, queue, state, due_at, ...)``
+    index in its order (revision 0007), so no job is read and nothing sorted. Every count of the
+    run page is a sum over these few rows. Then two kinds of small reads: the latest heartbeat of
+    each stage and queue with jobs waiting or running (heartbeats are not in the index), and the
+    failures per error of each stage with failures (an index range of its failed jobs).
+    """
+
+    #: ``(depth, name)`` → state (``scheduled`` split from ``queued``) → jobs.
+    states: dict[tuple[int, str], dict[str, int]]
+    #: ``(depth, name, queue)`` of jobs due now → what the stuck check needs.
+    queues: dict[tuple[int, str, str | None], _QueueGroup]
+    #: ``(depth, name)`` → error → failed jobs.
+    errors: dict[tuple[int, str], Counter[str]]
+    #: ``(depth, name, error)`` → ``[count, first finish, last finish]`` of failed jobs.
+    failures: dict[tuple[int, str, str], list[Any]]
+
+    @classmethod
+    def read(cls, conn: Connection, jobs: Subquery, now: datetime) -> _RunGroups:
+        c = jobs.c
+        later = c.due_at > now
+
+        def due_now(value: ColumnElement[Any]) -> ColumnElement[Any]:
+            return case((later, null()), else_=value)
+
+        # The ``(root_job_id, depth, name, queue, state, due_at, ...)`` index covers all of it.
+        stmt = select(
+            c.depth,
+            c.name,
+            c.queue,
+            c.state,
+            func.count(),
+            func.sum(case((later, literal(1)), else_=literal(0))),
+            func.min(due_now(func.coalesce(c.due_at, c.enqueued_at))),
+            func.max(due_now(c.started_at)),
+            func.max(due_now(c.finished_at)),
+        ).group_by(c.depth, c.name, c.queue, c.state)
+        states: dict[tuple[int, str], dict[str, int]] = {}
+        queues: dict[tuple[int, str, str | None], _QueueGroup] = {}
+        failed_stages: set[tuple[int, str]] = set()
+        for row in conn.execute(stmt):
+            stored, name, queue, state, count, due_later, could_run, started, finished = row
+            depth, count, due_later = _depth(stored), int(count), int(due_later or 0)
+            stage = states.setdefault((depth, name), {})
+            scheduled = due_later if state == JobState.QUEUED.value else 0
+            for shown, jobs_in in ((state, count - scheduled), (SCHEDULED, scheduled)):
+                if jobs_in:
+                    stage[shown] = stage.get(shown, 0) + jobs_in
+            if state in FAILURES:
+                failed_stages.add((depth, name))
+            if count == due_later:
+                continue  # all scheduled for later: not waiting yet
+            group = queues.setdefault((depth, name, queue), _QueueGroup())
+            group.last_progress = _latest(group.last_progress, started, finished)
+            if state in ACTIVE:
+                group.states[state] = group.states.get(state, 0) + count - due_later
+                group.oldest = _earliest(group.oldest, could_run)
+        # Heartbeats are not in the index: read them only where jobs wait or run.
+        for (depth, name, queue), group in queues.items():
+            if group.states:
+                beat = select(func.max(c.heartbeat_at)).where(
+                    _at_depth(jobs, depth),
+                    c.name == name,
+                    _same_queue(jobs, queue),
+                    or_(c.due_at.is_(None), c.due_at <= now),
+                )
+                group.last_progress = _latest(group.last_progress, conn.execute(beat).scalar())
+        errors: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
+        failures: dict[tuple[int, str, str], list[Any]] = {}
+        error = _error(jobs).label("error")
+        # Per stage with failures, so each is an index range of its failed jobs only.
+        for depth, name in sorted(failed_stages):
+            failed_stmt = (
+                select(error, func.count(), func.min(c.finished_at), func.max(c.finished_at))
+                .where(_at_depth(jobs, depth), c.name == name, c.state.in_(FAILURES))
+                .group_by(error)
+            )
+            for error_text, count, first_at, last_at in conn.execute(failed_stmt):
+                errors[(depth, name)][error_text] = int(count)
+                failures[(depth, name, error_text)] = [int(count), first_at, last_at]
+        ordered = {stage: dict(sorted(counts.items())) for stage, counts in sorted(states.items())}
+        return cls(ordered, queues, errors, failures)
+
+
 def _stage_tree(
-    conn: Connection, anchor: JobRow, jobs: Subquery, now: datetime | None = None
+    conn: Connection,
+    anchor: JobRow,
+    jobs: Subquery,
+    now: datetime | None = None,
+    groups: _RunGroups | None = None,
 ) -> StageTree:
-    """The subtree in ``jobs`` collapsed per ``(depth, name)``, with each stage's parent stages."""
+    """The subtree in ``jobs`` collapsed per ``(depth, name)``, with each stage's parent stages.
+
+    The children are grouped per parent first, and only those groups meet their parent's row:
+    one join per parent, not one per job.
+    """
+    groups = groups or _RunGroups.read(conn, jobs, now or _now())
     parent = JOBS.alias("parent")
+    # A lookup per parent (a correlated subquery), whatever the planner guesses of the groups:
+    # PostgreSQL, guessing far too many, would hash the whole table to join them.
+    parent_name = (
+        select(parent.c.name)
+        .where(parent.c.job_id == jobs.c.parent_job_id)
+        .scalar_subquery()
+        .label("parent_name")
+    )
+    per_parent = (
+        select(jobs.c.depth, jobs.c.name, parent_name, func.count().label("jobs"))
+        .where(jobs.c.parent_job_id.is_not(None), *_not_anchor(jobs, anchor))
+        .group_by(jobs.c.depth, jobs.c.name, jobs.c.parent_job_id)
+        .subquery("per_parent")
+    )
     spawners = (
         select(
-            jobs.c.depth,
-            jobs.c.name,
-            parent.c.name,
+            per_parent.c.depth,
+            per_parent.c.name,
+            per_parent.c.parent_name,
+            func.sum(per_parent.c.jobs),
             func.count(),
-            func.count(parent.c.job_id.distinct()),
         )
-        .join(parent, parent.c.job_id == jobs.c.parent_job_id)
-        .where(jobs.c.job_id != anchor.job_id)
-        .group_by(jobs.c.depth, jobs.c.name, parent.c.name)
+        .where(per_parent.c.parent_name.is_not(None))  # a parent without a row: not counted
+        .group_by(per_parent.c.depth, per_parent.c.name, per_parent.c.parent_name)
     )
     parent_jobs: Counter[tuple[int, str]] = Counter()
     parent_names: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
@@ -1172,42 +1286,33 @@ def _stage_tree(
             parents=parent_jobs[(depth, name)],
             parent_names=tuple(n for n, _ in _most_common(parent_names[(depth, name)])),
         )
-        for (depth, name), states in _state_counts(conn, jobs, now).items()
+        for (depth, name), states in groups.states.items()
     )
     return StageTree(anchor, stages)
 
 
+def _not_anchor(jobs: Subquery, anchor: JobRow) -> list[ColumnElement[bool]]:
+    """Leave the anchor out of its parents' count; a root without a parent needs no test (and
+    its test would read every job's row: the job id is not in the stage indexes)."""
+    if anchor.is_root and anchor.parent_job_id is None:
+        return []
+    return [jobs.c.job_id != anchor.job_id]
+
+
 def _stuck_stages(
-    conn: Connection, jobs: Subquery, threshold: float, now: datetime, samples: int
+    conn: Connection,
+    jobs: Subquery,
+    threshold: float,
+    now: datetime,
+    samples: int,
+    groups: _RunGroups | None = None,
 ) -> list[StuckStage]:
     """Stage and queue groups with active jobs whose last progress is older than ``threshold``."""
     # A job scheduled for later is not waiting yet: it counts from when it is due.
     not_scheduled = or_(jobs.c.due_at.is_(None), jobs.c.due_at <= now)
-    active = and_(jobs.c.state.in_(ACTIVE), not_scheduled)
-    stmt = (
-        select(
-            jobs.c.depth,
-            jobs.c.name,
-            jobs.c.queue,
-            jobs.c.state,
-            func.count(),
-            func.min(func.coalesce(jobs.c.due_at, jobs.c.enqueued_at)),
-            func.max(jobs.c.started_at),
-            func.max(jobs.c.heartbeat_at),
-            func.max(jobs.c.finished_at),
-        )
-        .where(not_scheduled)
-        .group_by(jobs.c.depth, jobs.c.name, jobs.c.queue, jobs.c.state)
-    )
-    groups: dict[tuple[int, str, str | None], _QueueGroup] = {}
-    for depth, name, queue, state, count, enqueued, started, beat, finished in conn.execute(stmt):
-        group = groups.setdefault((_depth(depth), name, queue), _QueueGroup())
-        group.last_progress = _latest(group.last_progress, started, beat, finished)
-        if state in ACTIVE:
-            group.states[state] = int(count)
-            group.oldest = _earliest(group.oldest, enqueued)
+    groups = groups or _RunGroups.read(conn, jobs, now)
     stuck = []
-    for (depth, name, queue), group in sorted(groups.items(), key=_group_order):
+    for (depth, name, queue), group in sorted(groups.queues.items(), key=_group_order):
         if not group.states:
             continue
         since = _latest(group.last_progress, group.oldest)
@@ -1216,6 +1321,7 @@ def _stuck_stages(
         idle = (now - since).total_seconds()
         if idle <= threshold:
             continue
+        active = and_(jobs.c.state.in_(sorted(group.states)), not_scheduled)
         sample_stmt = (
             select(jobs.c.job_id, jobs.c.args)
             .where(_at_depth(jobs, depth), jobs.c.name == name, _same_queue(jobs, queue), active)
@@ -1242,13 +1348,17 @@ def _stuck_stages(
 
 
 def _failing_stages(
-    conn: Connection, jobs: Subquery, min_failures: int, min_ratio: float
+    conn: Connection,
+    jobs: Subquery,
+    min_failures: int,
+    min_ratio: float,
+    groups: _RunGroups | None = None,
 ) -> list[FailingStage]:
     """Stages whose failed, discarded and crashed jobs pass both thresholds."""
-    errors = _error_counts(conn, jobs)
+    groups = groups or _RunGroups.read(conn, jobs, _now())
     failing = []
-    for (depth, name), states in _state_counts(conn, jobs).items():
-        by_error = errors.get((depth, name), Counter())
+    for (depth, name), states in groups.states.items():
+        by_error = groups.errors.get((depth, name), Counter())
         failed = sum(by_error.values())
         total = sum(states.values())
         if failed >= max(1, min_failures) and failed / total >= min_ratio:
@@ -1257,26 +1367,16 @@ def _failing_stages(
     return failing
 
 
-def _failures(conn: Connection, jobs: Subquery, samples: int) -> list[FailureGroup]:
+def _failures(
+    conn: Connection, jobs: Subquery, samples: int, groups: _RunGroups | None = None
+) -> list[FailureGroup]:
     """Failures per ``(depth, name, error)``, each with its first jobs and their parents."""
     error = _error(jobs)
-    stmt = (
-        select(
-            jobs.c.depth,
-            jobs.c.name,
-            error,
-            func.count(),
-            func.min(jobs.c.finished_at),
-            func.max(jobs.c.finished_at),
-        )
-        .where(jobs.c.state.in_(FAILURES))
-        .group_by(jobs.c.depth, jobs.c.name, error)
-    )
-    groups = sorted(conn.execute(stmt).all(), key=lambda r: (-int(r[3]), _depth(r[0]), r[1], r[2]))
+    groups = groups or _RunGroups.read(conn, jobs, _now())
+    ordered = sorted(groups.failures.items(), key=lambda item: (-int(item[1][0]), *item[0]))
     parent = JOBS.alias("parent")
     result = []
-    for stored_depth, name, error_text, count, first_at, last_at in groups:
-        depth = _depth(stored_depth)
+    for (depth, name, error_text), (count, first_at, last_at) in ordered:
         sample_stmt = (
             select(
                 jobs.c.job_id,

@@ -196,7 +196,8 @@ def _metrics(conn: Connection, jobs: Any) -> tuple[ColumnElement[Any], ColumnEle
 def _seconds(conn: Connection, start: Any, end: Any) -> ColumnElement[Any]:
     """``end - start`` in seconds, as a float; NULL when either is unknown."""
     if conn.dialect.name == "postgresql":
-        return cast(func.extract("epoch", end - start), Float)
+        # date_part is double precision; extract() is numeric, three times slower over a run.
+        return cast(func.date_part("epoch", end - start), Float)
     # SQLite keeps times as text: julianday() reads them, in days, to some microseconds off;
     # rounded to the millisecond, a second is a second.
     days = func.julianday(end) - func.julianday(start)
