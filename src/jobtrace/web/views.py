@@ -115,7 +115,7 @@ class RunView:
     health: Health
     as_of: datetime
     times: dict[tuple[int, str], StageTimes] = dataclasses.field(default_factory=dict)
-    traces: RunTraces = dataclasses.field(default_factory=lambda: RunTraces((), 0, False))
+    traces: RunTraces = dataclasses.field(default_factory=lambda: RunTraces((), 0))
     #: The latest run of the same root job name before this one.
     previous: JobRow | None = None
 
