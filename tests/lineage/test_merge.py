@@ -265,3 +265,20 @@ def test_a_job_named_as_parent_or_root_gets_a_placeholder_its_own_record_replace
         None,
     )
     assert replaced["parent_job_id"] == "sync-1"
+
+
+@pytest.mark.parametrize("progress", [float("nan"), float("inf"), float("-inf"), 0.25])
+def test_a_progress_json_cannot_carry_still_writes_the_record(
+    engine: Engine, progress: float
+) -> None:
+    """A NaN or infinite progress does not cost the record (PostgreSQL gets the batch as JSON)."""
+    write(engine, [STARTED._replace(progress=progress)])
+    assert job(engine)["state"] == "running"
+
+
+def test_times_are_stored_to_the_microsecond(engine: Engine) -> None:
+    """A record's times come back as they went in, to the microsecond, on either database."""
+    at = T + 0.123456
+    write(engine, [STARTED._replace(started_at=at, heartbeat_at=at)])
+    assert job(engine)["started_at"].timestamp() == pytest.approx(at, abs=1e-6)
+    assert job(engine)["started_at"].microsecond == 123456
