@@ -141,3 +141,42 @@ def test_postgres_engines_turn_jit_off(store_url: str) -> None:
             assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
     finally:
         engine.dispose()
+
+
+def test_an_analyzed_sqlite_store_gets_statistics_of_the_run_page_indexes(
+    tmp_path: Path,
+) -> None:
+    """Revision 0007 analyzes its two indexes on a SQLite store analyzed before, so the planner
+    does not misjudge them beside indexes it has statistics for; an unanalyzed store stays so."""
+    from alembic import command
+
+    for analyzed in (True, False):
+        url = f"sqlite:///{tmp_path / f'store-{analyzed}.db'}"
+        engine = store.create_store_engine(url)
+        config = Config()
+        config.set_main_option("script_location", "jobtrace.lineage:migrations")
+        try:
+            with engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "0006")
+                conn.exec_driver_sql(
+                    "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
+                    " VALUES ('r', 'SyncJob', 'queued', 1, 'r', 0)"
+                )  # SQLite keeps no statistics of an empty table
+                if analyzed:
+                    conn.exec_driver_sql("ANALYZE")
+            store.upgrade(url)
+            with engine.connect() as conn:
+                has_stats = conn.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
+                ).first()
+                indexes = set()
+                if has_stats:
+                    indexes = {
+                        row[0] for row in conn.exec_driver_sql("SELECT idx FROM sqlite_stat1")
+                    }
+        finally:
+            engine.dispose()
+        assert bool(has_stats) is analyzed
+        if analyzed:
+            assert {"ix_jobtrace_jobs_stage_queues", "ix_jobtrace_jobs_stage_parents"} <= indexes

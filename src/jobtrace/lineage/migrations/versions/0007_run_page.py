@@ -57,6 +57,14 @@ def upgrade() -> None:
         ["root_job_id", "depth", "name", "parent_job_id"],
         if_not_exists=True,
     )
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        stats = "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        if bind.exec_driver_sql(stats).first() is not None:
+            # A store analyzed before has statistics for every index but these: SQLite's planner
+            # then misjudges them (a run's stage counts took the new index and sorted).
+            for name in (STAGE_QUEUES, STAGE_PARENTS):
+                op.execute(f"ANALYZE {name}")
 
 
 def downgrade() -> None:
