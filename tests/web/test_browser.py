@@ -219,11 +219,19 @@ def test_tab_reaches_every_link(stored: Stored, page: Any, where: str, artifacts
             page.click("#live-toggle")  # no redraw while tabbing
             page.keyboard.press("Escape")
             page.evaluate("document.activeElement.blur()")
-        links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
+        # By their attribute: an SVG link's href property is an object, not the URL.
+        links = page.eval_on_selector_all(
+            "a[href]",
+            "links => links.map(a => new URL(a.getAttribute('href'), document.baseURI).href)",
+        )
         reached: list[str] = []
         for _ in range(len(links) + 10):
             page.keyboard.press("Tab")
-            href = page.evaluate("document.activeElement && document.activeElement.href || null")
+            href = page.evaluate(
+                "(e => e && e.getAttribute && e.getAttribute('href')"
+                " ? new URL(e.getAttribute('href'), document.baseURI).href : null)"
+                "(document.activeElement)"
+            )
             if href:
                 reached.append(href)
             if set(links) <= set(reached):

@@ -25,6 +25,7 @@ from jobtrace.display import (
     when,
 )
 from jobtrace.lineage.queries import FAILURES, JobRow
+from jobtrace.web.graph import run_graph
 
 if TYPE_CHECKING:
     import jinja2
@@ -89,6 +90,7 @@ class Renderer:
             job_fields=job_fields,
             counts_in_order=counts_in_order,
             args_cut=_args_cut,
+            stage_graph=run_graph,
             zip=zip,
         )
 
