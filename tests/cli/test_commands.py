@@ -419,3 +419,31 @@ def test_the_json_keys_of_every_command_are_documented(
     # Per-state maps are keyed by state names, not fields.
     missing = sorted(k for k in keys(document) - set(STATES) if f"`{k}`" not in section)
     assert missing == []
+
+
+def test_web_fills_a_templates_service_from_trace_service(
+    capsys: pytest.CaptureFixture[str],
+    small: tuple[str, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """{service} without --trace-service is a one-line error; with it the server gets the name."""
+    url, _ = small
+    monkeypatch.delenv("JOBTRACE_TRACE_SERVICE", raising=False)
+    template = "https://ui.honeycomb.io/t/datasets/{service}/trace?trace_id={trace_id}"
+    code, _, err = run_cli(capsys, "--database-url", url, "web", "--trace-url", template)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "service" in err
+    seen: dict[str, object] = {}
+
+    class Started(Exception):
+        pass
+
+    def fake_make_server(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Started
+
+    monkeypatch.setattr("jobtrace.web.make_server", fake_make_server)
+    with pytest.raises(Started):
+        main(["--database-url", url, "web", "--trace-url", template, "--trace-service", "cinema"])
+    assert seen["trace_service"] == "cinema"

@@ -442,7 +442,9 @@ def cmd_web(ctx: Context) -> int:
 
     a = ctx.args
     try:
-        server = make_server(ctx.store, a.host, a.port, trace_url=a.trace_url)
+        server = make_server(
+            ctx.store, a.host, a.port, trace_url=a.trace_url, trace_service=a.trace_service
+        )
     except ValueError as error:  # a trace URL template without {trace_id}
         raise CliError(str(error)) from None
     except OSError as error:  # port taken, unknown host
@@ -534,6 +536,12 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("web", "the dashboard on http://127.0.0.1:8080"),
         ("web --port 0", "on any free port (printed at start)"),
         ("web --trace-url 'https://jaeger.example/trace/{trace_id}'", "links into your Jaeger"),
+        (
+            "web --trace-service cinema-worker --trace-url"
+            " 'https://ui.honeycomb.io/TEAM/environments/prod/datasets/{service}/trace"
+            "?trace_id={trace_id}&trace_start_ts={start}&trace_end_ts={end}'",
+            "links into Honeycomb, with the dataset and the job's time range",
+        ),
     ],
     "db upgrade": [
         ("db upgrade", "create or migrate the tables of the default store"),
@@ -751,7 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-url",
         type=_text,
         metavar="TEMPLATE",
-        help="trace links, {trace_id} substituted (JOBTRACE_TRACE_URL, else Jaeger on :16686)",
+        help="trace links: {trace_id}, {start}, {end}, {start_ms}, {end_ms}, {service} substituted"
+        " (JOBTRACE_TRACE_URL, else Jaeger on :16686)",
+    )
+    web.add_argument(
+        "--trace-service",
+        type=_text,
+        metavar="NAME",
+        help="what a trace template's {service} becomes (JOBTRACE_TRACE_SERVICE)",
     )
 
     db = commands.add_parser(
