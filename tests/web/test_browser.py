@@ -305,3 +305,37 @@ def test_from_the_runs_page_a_run_is_compared_with_the_one_before(
             for stage in diff.stages
         }
         screenshot(page, artifacts, "compare")
+
+
+def test_scenario_2_by_clicks_the_crashed_batches_documents(
+    sqlite_url: str, page: Any, artifacts: Path
+) -> None:
+    """Scenario 2: the runs page, the upload run, its root job's page: the crashed batches with
+    their document ids on screen (the shared upload path cut), one more click for the whole args."""
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder(start=datetime.now(timezone.utc) - timedelta(minutes=30))
+    upload = builder.job("UploadJob", job_id="upload-7", state="running", heartbeat=1790)
+    path = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
+    for n in range(6):
+        builder.job(
+            "BatchJob",
+            upload,
+            job_id=f"batch-{n}",
+            state="crashed" if n % 2 else "succeeded",
+            args={"upload": path, "document_ids": [n * 100 + i for i in range(4)]},
+        )
+    builder.insert(engine)
+    engine.dispose()
+    with running(sqlite_url) as served:
+        page.goto(served.base + "/")
+        page.click("a[href='/runs/upload-7']")
+        page.wait_for_selector("table.stages")
+        page.click("a.id[href='/jobs/upload-7']")
+        page.wait_for_selector("li.failing")
+        crashed = page.inner_text("ul:has(li.failing)")
+        for n in (1, 3, 5):
+            assert f'"document_ids":[{n}00,{n}01,{n}02,{n}03]' in crashed
+        assert path not in crashed
+        page.click("li.failing >> nth=0 >> details.args summary")
+        assert path in page.inner_text("li.failing >> nth=0")
+        screenshot(page, artifacts, "crashed-batches")
