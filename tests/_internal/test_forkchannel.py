@@ -15,10 +15,46 @@ from jobtrace.testing import CapturedTelemetry, capture_telemetry
 
 @pytest.fixture
 def captured() -> Iterator[CapturedTelemetry]:
+    """In-memory providers, the meter provider taken as one configure() installed."""
     forkchannel.reset()
     with capture_telemetry() as found:
+        delivery.adopt(found.meter_provider, "metrics")
         yield found
+    delivery.reset()
     forkchannel.reset()
+
+
+def test_an_applications_own_meter_provider_is_not_handed_off() -> None:
+    """Children of a provider the application installed export themselves, their metrics too."""
+    forkchannel.reset()
+    with capture_telemetry():
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = not forkchannel.handed_off("metrics")
+            ok = ok and any(signal == "metrics" for _, signal in delivery._targets(()))
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    forkchannel.reset()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_measurement_that_cannot_be_sent_is_exported_by_the_child(
+    captured: CapturedTelemetry,
+) -> None:
+    """The channel gone: the child records it itself, and its own flush includes metrics again."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            forkchannel.close()  # as if the parent were gone
+            with jobtrace.trace_job(None, name="Orphan"):
+                pass
+            sent_back = any(signal == "metrics" for _, signal in delivery._targets(()))
+            code = 0 if sent_back and not forkchannel.handed_off("metrics") else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def _total(captured: CapturedTelemetry, name: str) -> float:

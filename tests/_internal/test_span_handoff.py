@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from jobtrace._internal import forkchannel
@@ -129,3 +134,24 @@ def test_encode_and_decode_keep_every_field() -> None:
     for span in spans:
         again = decode(encode(span))
         assert again.to_json() == span.to_json()
+
+
+def test_spans_a_child_could_not_send_go_out_with_its_flush(tmp_path: Path) -> None:
+    """Behind a batch processor: a span kept in the child is exported by the child's flush."""
+    forkchannel.reset()
+    exporter = Kept(tmp_path / "child-exported")
+    provider = TracerProvider()
+    provider.add_span_processor(HandoffSpanProcessor(BatchSpanProcessor(exporter)))
+    job_spans(provider, 0)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            forkchannel.close()  # every send fails from here on
+            job_spans(provider, 1)
+            provider.force_flush(5000)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    provider.shutdown()
+    forkchannel.reset()
+    assert exporter.marker.exists()  # the child exported what it could not hand over

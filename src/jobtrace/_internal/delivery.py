@@ -396,8 +396,12 @@ def adopt(provider: object, signal: Signal) -> None:
     _adopted.append(provider)
 
 
-def _is_adopted(provider: object) -> bool:
+def is_adopted(provider: object) -> bool:
+    """Whether jobtrace installed ``provider`` (``configure()``) and shuts it down at exit."""
     return any(provider is known for known in _adopted)
+
+
+_is_adopted = is_adopted
 
 
 def arm_exit() -> None:
@@ -460,6 +464,7 @@ def shutdown(timeout: float) -> str | None:
     try:
         deadline = time.monotonic() + max(0.0, timeout)
         millis = max(1, int(timeout * 1000))
+        forkchannel.drain()  # what children sent and was not read yet goes out with the rest
         own, _own[:] = list(_own), []
         started: list[_Flush] = []
         skipped: set[str] = set()

@@ -46,6 +46,9 @@ class _Channel:
         self.in_child = False
         self.reader: threading.Thread | None = None
         self.lock = threading.Lock()
+        # Held while a handler runs: a fork waits for it, so no child inherits a lock of the SDK
+        # that the reader thread held at that moment.
+        self.dispatching = threading.Lock()
         #: In a child: the signals it hands over instead of exporting (``traces``, ``metrics``).
         self.handed_off: set[str] = set()
 
@@ -63,6 +66,9 @@ class _Channel:
                     logger.warning("jobtrace: forked processes will export themselves: %s", error)
                     return
                 self.child_end.setblocking(False)
+                with contextlib.suppress(OSError):  # room for bursts of spans (up to wmem_max)
+                    self.child_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                    self.parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             if self.reader is None:
                 self.reader = threading.Thread(
                     target=self.read, name="jobtrace-fork-channel", daemon=True
@@ -78,14 +84,30 @@ class _Channel:
                 continue
             except OSError:
                 return  # closed
+            self.dispatch(data)
+
+    def dispatch(self, data: bytes) -> None:
+        with self.dispatching:
             try:
                 kind, payload = pickle.loads(data)
                 self.handlers[kind](payload)
             except Exception:
                 logger.warning("jobtrace: telemetry handed over by a child was lost", exc_info=True)
 
+    def drain(self) -> None:
+        """Dispatch what children sent and the reader has not taken yet (before an exit flush)."""
+        end = self.parent_end
+        while end is not None and not self.in_child:
+            try:
+                data = end.recv(_RECEIVE_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            self.dispatch(data)
+
     def after_fork_in_child(self) -> None:
+        self.dispatching = threading.Lock()
         if self.child_end is None:
+            self.owner = os.getpid()  # no channel came along: this process may open its own
             return
         self.in_child = True
         self.reader = None  # the parent's thread did not come along
@@ -136,12 +158,26 @@ def send(kind: str, payload: object) -> bool:
     return True
 
 
+def drain() -> None:
+    """In the parent: take in what children sent and was not read yet (an exit flush is next)."""
+    _channel.drain()
+
+
 def close() -> None:
     """Stop reading (the process is shutting its telemetry down)."""
     for end in (_channel.parent_end, _channel.child_end):
         if end is not None:
             with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv
+            with contextlib.suppress(OSError):
                 end.close()
+    _channel.parent_end = _channel.child_end = None
+    _channel.reader = None
+
+
+def dropped(signal: str) -> None:
+    """In a child: a send of ``signal`` failed, so its own flush must export it after all."""
+    _channel.handed_off.discard(signal)
 
 
 def reset() -> None:
@@ -153,10 +189,18 @@ def reset() -> None:
 
 def _before_fork() -> None:
     _channel.open()
+    _channel.dispatching.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    with contextlib.suppress(RuntimeError):
+        _channel.dispatching.release()
 
 
 def _after_fork_in_child() -> None:
     _channel.after_fork_in_child()
 
 
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)

@@ -33,6 +33,7 @@ class HandoffSpanProcessor(SpanProcessor):
 
     def __init__(self, inner: SpanProcessor) -> None:
         self.inner = inner
+        self._kept_here = False  # in a child: a span that could not be sent waits in ``inner``
         forkchannel.handle(KIND, self._take)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -45,10 +46,11 @@ class HandoffSpanProcessor(SpanProcessor):
                     return
             except Exception:  # a span that cannot be taken apart is exported here
                 logger.debug("jobtrace: span not handed over", exc_info=True)
+            self._kept_here = True
         self.inner.on_end(span)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        if forkchannel.in_child():
+        if forkchannel.in_child() and not self._kept_here:
             return True  # every span went to the parent as it ended: nothing is buffered here
         return self.inner.force_flush(timeout_millis)
 

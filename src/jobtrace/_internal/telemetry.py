@@ -75,8 +75,10 @@ class OutcomeTally:
 
     def add(self, attributes: TallyKey) -> None:
         """Count one job run (or message) with these (already ordered) attributes."""
-        if self._handed_off and forkchannel.send(TALLY, (_TALLIES.index(self), attributes)):
-            return  # a forked child's count, counted by its parent
+        if self._handed_off:
+            if forkchannel.send(TALLY, (_TALLIES.index(self), attributes)):
+                return  # a forked child's count, counted by its parent
+            forkchannel.dropped("metrics")  # counted here: this child's flush must export it
         with self._lock:
             self._counts[attributes] = self._counts.get(attributes, 0) + 1
 
@@ -235,6 +237,7 @@ class _HandedOffHistogram(Histogram):
 
     def record(self, amount: float, attributes: Attributes = None, context: object = None) -> None:
         if not forkchannel.send(MEASURE, (self._field, amount, dict(attributes or {}))):
+            forkchannel.dropped("metrics")  # recorded here: this child's flush must export it
             self._inner.record(amount, attributes)
 
 
@@ -258,7 +261,13 @@ def _warm_before_fork() -> None:
         tracer()
         provider = metrics.get_meter_provider()
         instruments()
-        if isinstance(provider, SdkMeterProvider) and forkchannel.enabled():
+        # Only a provider jobtrace installed: children of an application's own provider export
+        # themselves, with the application's own metrics, as they always did.
+        if (
+            isinstance(provider, SdkMeterProvider)
+            and delivery.is_adopted(provider)
+            and forkchannel.enabled()
+        ):
             forkchannel.handle(MEASURE, _take_measurement)
             forkchannel.handle(TALLY, _take_count)
     except Exception:
