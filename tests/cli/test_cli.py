@@ -16,7 +16,14 @@ import pytest
 import jobtrace.demo
 from jobtrace.cli import main
 from jobtrace.lineage.queries import LineageStore
-from tests.lineage.builders import CinemaRun, TreeBuilder, cinema_run, create_schema
+from tests.lineage.builders import (
+    UPLOAD_PATH,
+    CinemaRun,
+    TreeBuilder,
+    cinema_run,
+    create_schema,
+    upload_batches,
+)
 
 
 @pytest.fixture
@@ -670,16 +677,8 @@ def test_children_shows_what_tells_crashed_batches_apart(
     """Scenario 2: the shared upload path is cut, the document ids are shown; --full has all."""
     engine = create_schema(sqlite_url)
     builder = TreeBuilder()
-    upload = builder.job("UploadJob", job_id="upload-7")
-    path = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
-    for n in range(3):
-        builder.job(
-            "BatchJob",
-            upload,
-            job_id=f"batch-{n}",
-            state="crashed",
-            args={"upload": path, "document_ids": [n * 100 + i for i in range(4)]},
-        )
+    upload_batches(builder)
+    path = UPLOAD_PATH
     builder.insert(engine)
     engine.dispose()
     _, out, _ = run_cli(capsys, "--database-url", sqlite_url, "children", "upload-7")

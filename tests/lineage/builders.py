@@ -13,6 +13,7 @@ import itertools
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -249,3 +250,29 @@ def cinema_run(builder: TreeBuilder, rng: random.Random, *, start: float = 0.0) 
             price = builder.job("PriceJob", job, queue="prices", enqueued=start + 8)
             builder.job("NotifyJob", price, queue="notify", enqueued=start + 10)
     return CinemaRun(root, pages, stuck_queue, error)
+
+
+#: The upload path scenario 2's batches share: long, so a row cut at its end shows nothing else.
+UPLOAD_PATH = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
+
+
+def upload_batches(
+    builder: TreeBuilder,
+    count: int = 3,
+    *,
+    crashed: Callable[[int], bool] = lambda n: True,
+    **upload: Any,
+) -> str:
+    """Scenario 2: ``upload-7`` and its batches ``batch-N`` sharing :data:`UPLOAD_PATH`, each
+    with document ids ``N00`` to ``N03``; those ``crashed`` picks crashed, the rest succeeded.
+    Returns the upload's id; ``upload`` are its columns."""
+    root = builder.job("UploadJob", job_id="upload-7", **upload)
+    for n in range(count):
+        builder.job(
+            "BatchJob",
+            root,
+            job_id=f"batch-{n}",
+            state="crashed" if crashed(n) else "succeeded",
+            args={"upload": UPLOAD_PATH, "document_ids": [n * 100 + i for i in range(4)]},
+        )
+    return root

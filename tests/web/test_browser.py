@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, update
 
 from jobtrace.lineage.models import Job
 from jobtrace.lineage.queries import LineageStore
-from tests.lineage.builders import TreeBuilder, create_schema
+from tests.lineage.builders import UPLOAD_PATH, TreeBuilder, create_schema, upload_batches
 from tests.web.support import Stored, running
 from tests.web.test_compare import two_runs
 
@@ -314,16 +314,8 @@ def test_scenario_2_by_clicks_the_crashed_batches_documents(
     their document ids on screen (the shared upload path cut), one more click for the whole args."""
     engine = create_schema(sqlite_url)
     builder = TreeBuilder(start=datetime.now(timezone.utc) - timedelta(minutes=30))
-    upload = builder.job("UploadJob", job_id="upload-7", state="running", heartbeat=1790)
-    path = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
-    for n in range(6):
-        builder.job(
-            "BatchJob",
-            upload,
-            job_id=f"batch-{n}",
-            state="crashed" if n % 2 else "succeeded",
-            args={"upload": path, "document_ids": [n * 100 + i for i in range(4)]},
-        )
+    upload_batches(builder, 6, crashed=lambda n: n % 2 == 1, state="running", heartbeat=1790)
+    path = UPLOAD_PATH
     builder.insert(engine)
     engine.dispose()
     with running(sqlite_url) as served:

@@ -395,20 +395,12 @@ def test_crashed_batches_show_their_document_ids_and_the_whole_args_one_click_aw
     sqlite_url: str,
 ) -> None:
     """Scenario 2 on the parent's page: args cut where the batches differ, as the CLI cuts them."""
-    from tests.lineage.builders import TreeBuilder, create_schema
+    from tests.lineage.builders import UPLOAD_PATH, TreeBuilder, create_schema, upload_batches
 
     engine = create_schema(sqlite_url)
     builder = TreeBuilder()
-    upload = builder.job("UploadJob", job_id="upload-7")
-    path = "s3://bucket/uploads/2024/11/23/customer-4411/" + "nested/" * 8 + "batch.csv"
-    for n in range(3):
-        builder.job(
-            "BatchJob",
-            upload,
-            job_id=f"batch-{n}",
-            state="crashed",
-            args={"upload": path, "document_ids": [n * 100 + i for i in range(4)]},
-        )
+    upload_batches(builder)
+    path = UPLOAD_PATH
     builder.insert(engine)
     engine.dispose()
     with running(sqlite_url) as dashboard:
