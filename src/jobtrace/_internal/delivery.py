@@ -276,7 +276,7 @@ def _wait(flushes: Sequence[_Flush], deadline: float, what: str, budget: float) 
                 report_failure(
                     running.signal, "failed", f"flushing {running.signal} at {what} failed"
                 )
-        elif not _is_adopted(running.provider):
+        elif not is_adopted(running.provider):
             # A provider of the application's: done in time is all there is to know. Jobtrace's
             # own report every export themselves (an empty queue exports nothing, proves nothing).
             report_success(running.signal)
@@ -399,9 +399,6 @@ def adopt(provider: object, signal: Signal) -> None:
 def is_adopted(provider: object) -> bool:
     """Whether jobtrace installed ``provider`` (``configure()``) and shuts it down at exit."""
     return any(provider is known for known in _adopted)
-
-
-_is_adopted = is_adopted
 
 
 def arm_exit() -> None:
