@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from jobtrace.display import state_order
-from jobtrace.display.health import Health, run_health
+from jobtrace.display.health import Health, run_health, stuck_stage_count
 from jobtrace.lineage.export import jsonable
 from jobtrace.lineage.joblist import Cursor, JobFilter, JobPage, QueueView
 from jobtrace.lineage.queries import (
@@ -282,8 +282,9 @@ def runs_view(store: LineageStore, limit: int, name: str | None, as_of: datetime
     for summary in store.runs(limit, name=name):
         stuck = 0
         if summary.active:
-            stages = store.stuck_stages(summary.root.job_id, STUCK_AFTER, now=as_of, samples=1)
-            stuck = len({(stage.depth, stage.name) for stage in stages})
+            stuck = stuck_stage_count(
+                store.stuck_stages(summary.root.job_id, STUCK_AFTER, now=as_of, samples=1)
+            )
         entries.append(RunEntry(summary, run_health(summary, stuck_stages=stuck)))
     return RunsView(tuple(entries), limit, name, as_of)
 
