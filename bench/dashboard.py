@@ -5,7 +5,8 @@ queued on a dead queue since long ago, a few discarded with three kinds of error
 ``--other`` jobs of older runs (1M rows in all by default), in SQLite and, with ``--postgres``,
 PostgreSQL. Each page goes through the WSGI app (:func:`jobtrace.web.create_app`, no network)
 ``--repeat`` times after one warm-up; each figure is the median with its range. The parts of the
-run page (``LineageStore.overview`` and ``stage_times``) are timed alone too; ``--profile`` prints
+run page (``LineageStore.run_report``: the overview and the stage times from one grouped read)
+are timed alone too, outside a page's snapshot; ``--profile`` prints
 the run page's cProfile and ``--explain`` the plans of its queries. The last line is
 ``run_page_ms_sqlite=<x> run_page_ms_postgres=<y>``.
 
@@ -272,8 +273,10 @@ def bench(url: str, repeat: int, *, profile: bool, explain: bool) -> float:
         "run page": timed(lambda: get(app, f"/runs/{ROOT}"), repeat),
         "run page JSON twin": timed(lambda: get(app, f"/api/runs/{ROOT}"), repeat),
         "job list, first page": timed(lambda: get(app, "/list", stage), repeat),
+        "  run_report alone (overview and stage times)": timed(
+            lambda: store.run_report(ROOT, now=now), repeat
+        ),
         "  overview alone": timed(lambda: store.overview(ROOT, now=now), repeat),
-        "  stage_times alone": timed(lambda: store.stage_times(ROOT), repeat),
     }
     print(f"{engine.dialect.name}:")
     for name, (median, low, high) in results.items():

@@ -907,16 +907,16 @@ def test_resolve_finds_an_id_only_named_by_other_jobs(store: LineageStore, engin
 def test_the_run_page_counts_come_from_indexes_alone_on_sqlite(
     store: LineageStore, engine: Engine
 ) -> None:
-    """The overview's grouped read (stage × queue × state with the times the stuck check needs)
-    and its per-parent grouping are covering-index ranges in index order: no job is read and
+    """The overview's grouped read (stage × queue × state with the times the stuck check and the
+    stage times need) and its per-parent grouping are covering-index ranges in index order: no job is read and
     nothing is sorted (revision 0007; bench/dashboard.py --explain shows them at 100k jobs)."""
     if engine.dialect.name != "sqlite":
         pytest.skip("SQLite's plans")
     statements = {
         "ix_jobtrace_jobs_stage_queues": (
             "SELECT depth, name, queue, state, count(*), min(coalesce(due_at, enqueued_at)),"
-            " max(started_at), max(finished_at) FROM jobtrace_jobs WHERE root_job_id = 'r'"
-            " GROUP BY depth, name, queue, state"
+            " max(started_at), max(finished_at), min(enqueued_at), min(started_at)"
+            " FROM jobtrace_jobs WHERE root_job_id = 'r' GROUP BY depth, name, queue, state"
         ),
         "ix_jobtrace_jobs_stage_parents": (
             "SELECT depth, name, parent_job_id, count(*) FROM jobtrace_jobs"

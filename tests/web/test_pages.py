@@ -314,7 +314,7 @@ def test_a_bug_is_a_500_without_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(LineageStore, "overview", broken)
+    monkeypatch.setattr(LineageStore, "run_report", broken)
     page = dashboard.get(f"/runs/{stored.run.root}")
     assert page.status == 500
     assert "secret internals" not in page.body

@@ -77,6 +77,7 @@ __all__ = [
     "Overview",
     "Progress",
     "RunDiff",
+    "RunReport",
     "RunSummary",
     "Stage",
     "StageCount",
@@ -574,6 +575,14 @@ class Overview:
         return self.tree.root
 
 
+@dataclass(frozen=True)
+class RunReport:
+    """A run's :class:`Overview` and its stage times (see :meth:`LineageStore.run_report`)."""
+
+    overview: Overview
+    times: dict[tuple[int, str], StageTimes]
+
+
 class LineageStore:
     """Read-only questions on a lineage store.
 
@@ -774,14 +783,35 @@ class LineageStore:
         with self.engine.connect() as conn:
             anchor = _job(conn, job_id)
             jobs = _scope(anchor)
-            # One grouped read of the run feeds the tree, the stuck, the failing and the failures.
-            groups = _RunGroups.read(conn, jobs, now)
-            return Overview(
-                tree=_stage_tree(conn, anchor, jobs, now, groups),
-                stuck=tuple(_stuck_stages(conn, jobs, stuck_after, now, samples, groups)),
-                failing=tuple(_failing_stages(conn, jobs, min_failures, min_ratio, groups)),
-                failures=tuple(_failures(conn, jobs, samples, groups)),
+            groups = _RunGroups.read(conn, jobs, now, samples)
+            return _overview(
+                conn, anchor, jobs, groups, now, stuck_after, min_failures, min_ratio, samples
             )
+
+    def run_report(
+        self,
+        job_id: str,
+        *,
+        stuck_after: float = STUCK_AFTER,
+        min_failures: int = 1,
+        min_ratio: float = 0.0,
+        samples: int = 3,
+        now: datetime | None = None,
+    ) -> RunReport:
+        """:meth:`overview` and :meth:`stage_times` from one grouped read of the run (the run
+        page): the stage times' counts and first and last times come from the overview's read,
+        so only their percentiles are read apart, on the same connection."""
+        now = now or _now()
+        with self.engine.connect() as conn:
+            anchor = _job(conn, job_id)
+            jobs = _scope(anchor)
+            groups = _RunGroups.read(conn, jobs, now, samples)
+            overview = _overview(
+                conn, anchor, jobs, groups, now, stuck_after, min_failures, min_ratio, samples
+            )
+            root_id = anchor.job_id if anchor.is_root else None
+            times = stagetimes.stage_times(conn, jobs, root_id=root_id, bounds=groups.bounds)
+            return RunReport(overview, times)
 
     def progress(self, parent_id: str, *, limit: int = 50) -> Progress:
         """A parent's children as pending / running / done, listing up to ``limit`` problems."""
@@ -1144,6 +1174,26 @@ def _split_scheduled(
                 del counts[queued]
 
 
+def _overview(
+    conn: Connection,
+    anchor: JobRow,
+    jobs: Subquery,
+    groups: _RunGroups,
+    now: datetime,
+    stuck_after: float,
+    min_failures: int,
+    min_ratio: float,
+    samples: int,
+) -> Overview:
+    """The tree, the stuck, the failing and the failures, all from one grouped read."""
+    return Overview(
+        tree=_stage_tree(conn, anchor, jobs, now, groups),
+        stuck=tuple(_stuck_stages(conn, jobs, stuck_after, now, samples, groups)),
+        failing=tuple(_failing_stages(conn, jobs, min_failures, min_ratio, groups)),
+        failures=tuple(_failures(conn, jobs, samples, groups)),
+    )
+
+
 @dataclass
 class _RunGroups:
     """One grouped read of a run (or subtree): what the tree, stuck, failing and failures need.
@@ -1165,9 +1215,13 @@ class _RunGroups:
     errors: dict[tuple[int, str], Counter[str]]
     #: ``(depth, name, error)`` → ``[count, first finish, last finish]`` of failed jobs.
     failures: dict[tuple[int, str, str], list[Any]]
+    #: ``(depth, name, error)`` → its first failed jobs (by finish), with their parents.
+    samples: dict[tuple[int, str, str], tuple[FailureSample, ...]] = field(default_factory=dict)
+    #: ``(depth, name)`` → jobs, first enqueue, first start, last finish: the stage times' bounds.
+    bounds: stagetimes.Bounds = field(default_factory=dict)
 
     @classmethod
-    def read(cls, conn: Connection, jobs: Subquery, now: datetime) -> _RunGroups:
+    def read(cls, conn: Connection, jobs: Subquery, now: datetime, samples: int = 3) -> _RunGroups:
         c = jobs.c
         later = c.due_at > now
         # Jobs due later are few (the partial due index finds them at once): without any, the
@@ -1188,13 +1242,26 @@ class _RunGroups:
             func.min(due_now(func.coalesce(c.due_at, c.enqueued_at))),
             func.max(due_now(c.started_at)),
             func.max(due_now(c.finished_at)),
+            # The stage times' first and last times, of every job (scheduled ones included).
+            func.min(c.enqueued_at),
+            func.min(c.started_at),
+            func.max(c.finished_at) if any_later else literal(None),
         ).group_by(c.depth, c.name, c.queue, c.state)
         states: dict[tuple[int, str], dict[str, int]] = {}
         queues: dict[tuple[int, str, str | None], _QueueGroup] = {}
+        bounds: stagetimes.Bounds = {}
         failed_stages: set[tuple[int, str]] = set()
         for row in conn.execute(stmt):
-            stored, name, queue, state, count, due_later, could_run, started, finished = row
+            stored, name, queue, state, count, due_later, could_run, started, finished = row[:9]
+            first_enqueued, first_started, last_finished = row[9:]
             depth, count, due_later = _depth(stored), int(count), int(due_later or 0)
+            jobs_before, *times = bounds.get((depth, name), (0, None, None, None))
+            bounds[(depth, name)] = (
+                jobs_before + count,
+                _earliest(times[0], first_enqueued),
+                _earliest(times[1], first_started),
+                _latest(times[2], last_finished if any_later else finished),
+            )
             stage = states.setdefault((depth, name), {})
             scheduled = due_later if state == JobState.QUEUED.value else 0
             for shown, jobs_in in ((state, count - scheduled), (SCHEDULED, scheduled)):
@@ -1221,19 +1288,50 @@ class _RunGroups:
                 group.last_progress = _latest(group.last_progress, conn.execute(beat).scalar())
         errors: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
         failures: dict[tuple[int, str, str], list[Any]] = {}
+        picked: dict[tuple[int, str, str], list[FailureSample]] = defaultdict(list)
         error = _error(jobs).label("error")
-        # Per stage with failures, so each is an index range of its failed jobs only.
+        by_error = _error(jobs)
+        first_jobs = (c.finished_at.asc().nulls_last(), c.job_id)
+        parent = JOBS.alias("parent")
+        # Per stage with failures, so each is an index range of its failed jobs only: one read
+        # for the counts per error, their first and last finish and their first jobs.
         for depth, name in sorted(failed_stages):
-            failed_stmt = (
-                select(error, func.count(), func.min(c.finished_at), func.max(c.finished_at))
+            ranked = (
+                select(
+                    *(c[column] for column in _SAMPLE_COLUMNS),
+                    error,
+                    func.count().over(partition_by=by_error).label("jobs"),
+                    func.min(c.finished_at).over(partition_by=by_error).label("first_at"),
+                    func.max(c.finished_at).over(partition_by=by_error).label("last_at"),
+                    func.row_number().over(partition_by=by_error, order_by=first_jobs).label("n"),
+                )
                 .where(_at_depth(jobs, depth), c.name == name, c.state.in_(FAILURES))
-                .group_by(error)
+                .subquery("ranked")
             )
-            for error_text, count, first_at, last_at in conn.execute(failed_stmt):
-                errors[(depth, name)][error_text] = int(count)
-                failures[(depth, name, error_text)] = [int(count), first_at, last_at]
+            failed_stmt = (
+                select(
+                    ranked,
+                    parent.c.name.label("parent_name"),
+                    parent.c.args.label("parent_args"),
+                )
+                .outerjoin(parent, parent.c.job_id == ranked.c.parent_job_id)
+                .where(ranked.c.n <= max(samples, 1))
+                .order_by(ranked.c.error, ranked.c.n)
+            )
+            for row in conn.execute(failed_stmt):
+                key = (depth, name, row.error)
+                errors[(depth, name)][row.error] = int(row.jobs)
+                failures[key] = [int(row.jobs), row.first_at, row.last_at]
+                if row.n <= samples:
+                    sample = {k: row._mapping[k] for k in _SAMPLE_COLUMNS}
+                    picked[key].append(
+                        FailureSample(
+                            **sample, parent_name=row.parent_name, parent_args=row.parent_args
+                        )
+                    )
+        samples_of = {key: tuple(found) for key, found in picked.items()}
         ordered = {stage: dict(sorted(counts.items())) for stage, counts in sorted(states.items())}
-        return cls(ordered, queues, errors, failures)
+        return cls(ordered, queues, errors, failures, samples_of, bounds)
 
 
 def _stage_tree(
@@ -1264,20 +1362,20 @@ def _stage_tree(
         .group_by(jobs.c.depth, jobs.c.name, jobs.c.parent_job_id)
         .subquery("per_parent")
     )
-    spawners = (
-        select(
-            per_parent.c.depth,
-            per_parent.c.name,
-            per_parent.c.parent_name,
-            func.sum(per_parent.c.jobs),
-            func.count(),
-        )
-        .where(per_parent.c.parent_name.is_not(None))  # a parent without a row: not counted
-        .group_by(per_parent.c.depth, per_parent.c.name, per_parent.c.parent_name)
-    )
+    spawners = select(
+        per_parent.c.depth,
+        per_parent.c.name,
+        per_parent.c.parent_name,
+        func.sum(per_parent.c.jobs),
+        func.count(),
+    ).group_by(per_parent.c.depth, per_parent.c.name, per_parent.c.parent_name)
     parent_jobs: Counter[tuple[int, str]] = Counter()
     parent_names: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
     for depth, name, parent_name, count, distinct in conn.execute(spawners):
+        if parent_name is None:
+            # A parent without a row: not counted. Left out here, not in SQL, where PostgreSQL
+            # looked each parent up twice (once for the filter, once for the name).
+            continue
         parent_names[(_depth(depth), name)][parent_name] += int(count)
         parent_jobs[(_depth(depth), name)] += int(distinct)
     stages = tuple(
@@ -1374,38 +1472,33 @@ def _failures(
     conn: Connection, jobs: Subquery, samples: int, groups: _RunGroups | None = None
 ) -> list[FailureGroup]:
     """Failures per ``(depth, name, error)``, each with its first jobs and their parents."""
-    error = _error(jobs)
-    groups = groups or _RunGroups.read(conn, jobs, _now())
+    groups = groups or _RunGroups.read(conn, jobs, _now(), samples)
     ordered = sorted(groups.failures.items(), key=lambda item: (-int(item[1][0]), *item[0]))
-    parent = JOBS.alias("parent")
-    result = []
-    for (depth, name, error_text), (count, first_at, last_at) in ordered:
-        sample_stmt = (
-            select(
-                jobs.c.job_id,
-                jobs.c.state,
-                jobs.c.args,
-                jobs.c.error_message,
-                jobs.c.trace_id,
-                jobs.c.span_id,
-                jobs.c.finished_at,
-                jobs.c.parent_job_id,
-                parent.c.name.label("parent_name"),
-                parent.c.args.label("parent_args"),
-            )
-            .outerjoin(parent, parent.c.job_id == jobs.c.parent_job_id)
-            .where(
-                _at_depth(jobs, depth),
-                jobs.c.name == name,
-                jobs.c.state.in_(FAILURES),
-                error == error_text,
-            )
-            .order_by(jobs.c.finished_at.asc().nulls_last(), jobs.c.job_id)
-            .limit(samples)
+    return [
+        FailureGroup(
+            depth,
+            name,
+            error_text,
+            int(count),
+            first_at,
+            last_at,
+            groups.samples.get((depth, name, error_text), ())[:samples],
         )
-        picked = tuple(FailureSample(**row._mapping) for row in conn.execute(sample_stmt))
-        result.append(FailureGroup(depth, name, error_text, int(count), first_at, last_at, picked))
-    return result
+        for (depth, name, error_text), (count, first_at, last_at) in ordered
+    ]
+
+
+#: The columns of a failed job a :class:`FailureSample` shows, besides its parent's.
+_SAMPLE_COLUMNS = (
+    "job_id",
+    "state",
+    "args",
+    "error_message",
+    "trace_id",
+    "span_id",
+    "finished_at",
+    "parent_job_id",
+)
 
 
 def _progress(conn: Connection, parent: JobRow, limit: int) -> Progress:

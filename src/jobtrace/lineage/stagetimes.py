@@ -1,12 +1,15 @@
 """Where a run's time went, per stage: p50/p95 of duration and of queue wait, first and last times.
 
 Percentiles are by nearest rank (the smallest value with at least p % of the values at or below
-it). PostgreSQL computes them exactly in SQL (``percentile_disc``, which is the nearest rank).
-SQLite has no percentile function: there a stage's values are read (the SQL picks them) and
-ranked in Python, all of them up to :data:`SAMPLE` jobs, beyond that an even sample of about
-:data:`SAMPLE` (every n-th row by ``rowid``, read from the index, so the rest is never fetched),
-and the result says it was sampled. First and last times are exact on both, in the same
-``GROUP BY``. *Duration* is ``finished_at - started_at`` of the latest attempt; *queue wait* is
+it). PostgreSQL computes them exactly in SQL (``percentile_disc``, which is the nearest rank)
+for a subtree and for a run whose stages all hold at most :data:`SAMPLE` jobs. SQLite has no
+percentile function: there a stage's values are read (the SQL picks them) and ranked in Python.
+A stage of a whole run past :data:`SAMPLE` jobs, on either database, is ranked from an even
+sample of about :data:`SAMPLE` of its jobs (every n-th row: by ``rowid`` on SQLite, in index
+order on PostgreSQL, read from the index, so the rest is never fetched), and the result says it
+was sampled: ranking all 100k durations of a stage was most of a run page's time. First and last
+times are exact on both, from a ``GROUP BY`` (the run page's own grouped read, when it passes
+them in). *Duration* is ``finished_at - started_at`` of the latest attempt; *queue wait* is
 ``started_at - coalesce(due_at, enqueued_at)``, the wait from when the job could run.
 """
 
@@ -51,41 +54,83 @@ class StageTimes:
     sampled: bool = False
 
 
+#: Per stage: its jobs, first enqueue, first start and last finish (what a grouped read of the
+#: run already knows: :func:`stage_times` then reads only the percentiles).
+Bounds = dict[tuple[int, str], tuple[int, datetime | None, datetime | None, datetime | None]]
+
+
 def stage_times(
-    conn: Connection, jobs: Subquery, *, root_id: str | None = None
+    conn: Connection,
+    jobs: Subquery,
+    *,
+    root_id: str | None = None,
+    bounds: Bounds | None = None,
 ) -> dict[tuple[int, str], StageTimes]:
     """The times of every stage of ``jobs`` (a run or a subtree), keyed by ``(depth, name)``.
 
     A stage whose depth no record gave is at depth ``-1``, as in the stage table.
 
     Args:
-        root_id: The run's root when ``jobs`` is a whole run: on SQLite a stage of more than
+        root_id: The run's root when ``jobs`` is a whole run: a stage of more than
             :data:`SAMPLE` jobs then has its percentiles from an even sample of them.
+        bounds: The stages' counts and first and last times, when the caller read them already
+            (in the same snapshot): then only the percentiles are read here.
     """
+    postgres = conn.dialect.name == "postgresql"
+    percentiles: _Percentiles = {}
+    if bounds is None:
+        # A subtree on PostgreSQL: exact percentiles in the same GROUP BY, one read of it.
+        exact = postgres and root_id is None
+        bounds = _bounds(conn, jobs, percentiles if exact else None)
+        if exact:
+            return _assembled(bounds, percentiles)
+    big = root_id is not None and any(count > SAMPLE for count, *_ in bounds.values())
+    if postgres and not big:
+        percentiles = _exact_percentiles(conn, jobs)
+    else:
+        # No percentile function (SQLite), or a stage of a whole run too big to rank all of it:
+        # sorting every value of a 100k-job stage was most of the run page on PostgreSQL.
+        totals = {key: count for key, (count, *_) in bounds.items()}
+        percentiles = _sampled_percentiles(conn, jobs, totals, root_id)
+    return _assembled(bounds, percentiles)
+
+
+def _bounds(conn: Connection, jobs: Subquery, percentiles: _Percentiles | None) -> Bounds:
+    """Each stage's count and first and last times; its exact percentiles too, into
+    ``percentiles`` (PostgreSQL only), when that is given."""
     c = jobs.c
-    bounds: list[Any] = [
+    columns: list[Any] = [
         func.count(),
         func.min(c.enqueued_at),
         func.min(c.started_at),
         func.max(c.finished_at),
     ]
-    postgres = conn.dialect.name == "postgresql"
-    # On PostgreSQL the percentiles come in the same GROUP BY: one read of the run.
-    extra = _postgres_columns(conn, jobs) if postgres else []
-    stmt = select(c.depth, c.name, *bounds, *extra).group_by(c.depth, c.name)
-    stages = {}
-    percentiles: _Percentiles = {}
+    extra = _postgres_columns(conn, jobs) if percentiles is not None else []
+    stmt = select(c.depth, c.name, *columns, *extra).group_by(c.depth, c.name)
+    bounds: Bounds = {}
     for depth, name, count, first_e, first_s, last_f, *more in conn.execute(stmt):
         key = (-1 if depth is None else int(depth), name)
-        stages[key] = (int(count), first_e, first_s, last_f)
-        if postgres:
+        bounds[key] = (int(count), first_e, first_s, last_f)
+        if percentiles is not None:
             timed, took, waited, wait = more
             percentiles[key] = (_ranked(timed, took), _ranked(waited, wait), False)
-    if not postgres:
-        totals = {key: count for key, (count, *_) in stages.items()}
-        percentiles = _sampled_percentiles(conn, jobs, totals, root_id)
+    return bounds
+
+
+def _exact_percentiles(conn: Connection, jobs: Subquery) -> _Percentiles:
+    """PostgreSQL's exact percentiles of every stage, in one GROUP BY."""
+    c = jobs.c
+    stmt = select(c.depth, c.name, *_postgres_columns(conn, jobs)).group_by(c.depth, c.name)
+    found: _Percentiles = {}
+    for depth, name, timed, took, waited, wait in conn.execute(stmt):
+        key = (-1 if depth is None else int(depth), name)
+        found[key] = (_ranked(timed, took), _ranked(waited, wait), False)
+    return found
+
+
+def _assembled(bounds: Bounds, percentiles: _Percentiles) -> dict[tuple[int, str], StageTimes]:
     result = {}
-    for key, (_, first_enqueued, first_started, last_finished) in sorted(stages.items()):
+    for key, (_, first_enqueued, first_started, last_finished) in sorted(bounds.items()):
         (timed, duration), (waited, wait), sampled = percentiles.get(key, _NONE)
         result[key] = StageTimes(
             depth=key[0],
@@ -142,10 +187,11 @@ def _ranked(count: int, values: list[float] | None) -> _Ranked:
 def _sampled_percentiles(
     conn: Connection, jobs: Subquery, totals: dict[tuple[int, str], int], root_id: str | None
 ) -> _Percentiles:
-    """SQLite has no percentile function: each stage's values, at most about :data:`SAMPLE`.
+    """Each stage's values, ranked in Python: all of them, or about :data:`SAMPLE` of them.
 
-    A stage of a run with more jobs gives every ``n``-th row (by ``rowid``, which its index
-    holds, so the rows left out are never read); its percentiles are then of that sample.
+    A stage of a run with more jobs gives every ``n``-th row (by ``rowid`` on SQLite, which its
+    index holds, so the rows left out are never read; by row number in an index-only scan on
+    PostgreSQL); its percentiles are then of that sample.
     """
     from jobtrace.lineage.queries import JOBS
 
@@ -160,8 +206,18 @@ def _sampled_percentiles(
                 t.root_job_id == root_id,
                 t.depth.is_(None) if depth == -1 else t.depth == depth,
                 t.name == name,
-                literal_column("jobtrace_jobs.rowid") % step == 0,
             ]
+            if conn.dialect.name == "sqlite":
+                stage.append(literal_column("jobtrace_jobs.rowid") % step == 0)
+            else:
+                # No rowid: every n-th row in the order the stage's index-only scan reads it.
+                numbered = (
+                    select(t.started_at, t.finished_at, t.due_at, t.enqueued_at)
+                    .add_columns(func.row_number().over().label("n"))
+                    .where(*stage)
+                    .subquery("stage")
+                )
+                source, stage = numbered, [numbered.c.n % step == 0]
         else:
             source = jobs
             stage = [

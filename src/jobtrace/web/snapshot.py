@@ -32,6 +32,10 @@ def snapshot(store: LineageStore) -> Iterator[LineageStore]:
     with store.engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            # A page's reads are index ranges of one run at most: starting parallel workers for
+            # them cost more than they saved (the run page's grouped read of a 100k-job run,
+            # 64 ms in parallel, 22 ms without). For this transaction only.
+            conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
         elif conn.dialect.name == "sqlite":
             # pysqlite opens transactions only before writes: open the read transaction by hand.
             conn.exec_driver_sql("BEGIN")

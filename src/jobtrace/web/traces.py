@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Table, and_, func, literal_column, or_, select
+from sqlalchemy import Table, and_, func, literal_column, or_, select, union_all
 
 from jobtrace.lineage.models import Base, Job
 from jobtrace.lineage.queries import JobRow, LineageStore
@@ -59,13 +59,17 @@ def run_traces(store: LineageStore, root_id: str, limit: int = LISTED) -> RunTra
     One read of at most :data:`SCANNED` of the run's jobs (whichever the database reads first),
     grouped by trace id; past that the count is a lower bound (``capped``).
     """
-    jobs = (
-        select(JOBS.c.trace_id, JOBS.c.enqueued_at, JOBS.c.started_at, JOBS.c.finished_at)
-        .where(or_(JOBS.c.root_job_id == root_id, JOBS.c.job_id == root_id))
-        .where(JOBS.c.trace_id.is_not(None))
-        .limit(SCANNED + 1)
-        .subquery()
+    columns = (JOBS.c.trace_id, JOBS.c.enqueued_at, JOBS.c.started_at, JOBS.c.finished_at)
+    # Two branches, not ``root_job_id = :root OR job_id = :root``, which kept both databases
+    # from reading the run as one index range: the run, then the root itself when its row does
+    # not name itself as its root (a primary-key lookup).
+    run = select(*columns).where(JOBS.c.root_job_id == root_id, JOBS.c.trace_id.is_not(None))
+    anchor = select(*columns).where(
+        JOBS.c.job_id == root_id,
+        or_(JOBS.c.root_job_id.is_(None), JOBS.c.root_job_id != root_id),
+        JOBS.c.trace_id.is_not(None),
     )
+    jobs = union_all(run, anchor).limit(SCANNED + 1).subquery()
     first = func.min(func.coalesce(jobs.c.enqueued_at, jobs.c.started_at))
     stmt = (
         select(

@@ -291,13 +291,14 @@ def runs_view(store: LineageStore, limit: int, name: str | None, as_of: datetime
 
 def run_view(store: LineageStore, root_id: str, thresholds: Thresholds, as_of: datetime) -> RunView:
     """The run rooted at ``root_id``, stuck and failing rows flagged as ``jobtrace stats`` does."""
-    overview = store.overview(
+    report = store.run_report(
         root_id,
         stuck_after=thresholds.stuck_after,
         min_failures=thresholds.min_failures,
         min_ratio=thresholds.fail_ratio,
         now=as_of,
     )
+    overview = report.overview
     # Stuck flags go on active states, failing ones on failure states: a row gets one at most.
     flags: dict[tuple[int, str, str], Flag] = {}
     for stuck in overview.stuck:
@@ -321,7 +322,7 @@ def run_view(store: LineageStore, root_id: str, thresholds: Thresholds, as_of: d
     summary = RunSummary(overview.root, sum(states.values()), states)
     stuck_stages = len({(stage.depth, stage.name) for stage in overview.stuck})
     health = run_health(summary, stuck_stages=stuck_stages)
-    times = store.stage_times(root_id)
+    times = report.times
     traces = run_traces(store, root_id)
     previous = previous_run(store, overview.root)
     return RunView(overview, rows, thresholds, health, as_of, times, traces, previous)
