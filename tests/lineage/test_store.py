@@ -146,8 +146,9 @@ def test_postgres_engines_turn_jit_off(store_url: str) -> None:
 def test_an_analyzed_sqlite_store_gets_statistics_of_the_run_page_indexes(
     tmp_path: Path,
 ) -> None:
-    """Revision 0007 analyzes its two indexes on a SQLite store analyzed before, so the planner
-    does not misjudge them beside indexes it has statistics for; an unanalyzed store stays so."""
+    """Revisions 0007 and 0008 analyze their indexes on a SQLite store analyzed before, so the
+    planner does not misjudge them beside indexes it has statistics for; an unanalyzed store
+    stays so."""
     from alembic import command
 
     for analyzed in (True, False):
@@ -179,4 +180,5 @@ def test_an_analyzed_sqlite_store_gets_statistics_of_the_run_page_indexes(
             engine.dispose()
         assert bool(has_stats) is analyzed
         if analyzed:
-            assert {"ix_jobtrace_jobs_stage_queues", "ix_jobtrace_jobs_stage_parents"} <= indexes
+            run_page = {"ix_jobtrace_jobs_stage_queues", "ix_jobtrace_jobs_stage_parents"}
+            assert {*run_page, "ix_jobtrace_jobs_run_traces"} <= indexes  # 0008's too

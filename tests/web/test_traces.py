@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
+from sqlalchemy import event
 
 from jobtrace.lineage.queries import LineageStore
 from jobtrace.web import traces
@@ -99,3 +100,29 @@ def test_the_previous_run_is_the_latest_earlier_one_of_the_same_name(store: Line
         assert previous_run(frozen, frozen.job(this)).job_id == older  # type: ignore[union-attr]
         assert previous_run(frozen, frozen.job(older)).job_id == oldest  # type: ignore[union-attr]
         assert previous_run(frozen, frozen.job(oldest)) is None
+
+
+def test_the_trace_list_reads_its_index_alone_on_sqlite(store: LineageStore) -> None:
+    """A run's trace list is a covering range of revision 0008's index: no job row is read."""
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plans")
+    builder = TreeBuilder()
+    root = split_run(builder, 3)
+    builder.insert(store.engine)
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn: object, cursor: object, stmt: str, params: object, *rest: object) -> None:
+        statements.append((stmt, params))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        run_traces(store, root)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    ((stmt, params),) = statements
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        plan = " | ".join(
+            str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params)
+        )
+    assert "COVERING INDEX ix_jobtrace_jobs_run_traces" in plan, plan

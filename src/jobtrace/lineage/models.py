@@ -160,6 +160,16 @@ Index(
 Index("ix_jobtrace_jobs_stage_parents", Job.root_job_id, Job.depth, Job.name, Job.parent_job_id)
 #: The jobs of one trace (revision 0006).
 Index("ix_jobtrace_jobs_trace_id", Job.trace_id)
+#: A run's trace ids with their jobs' times: the run page's trace list reads this index alone
+#: (revision 0008).
+Index(
+    "ix_jobtrace_jobs_run_traces",
+    Job.root_job_id,
+    Job.trace_id,
+    Job.enqueued_at,
+    Job.started_at,
+    Job.finished_at,
+)
 
 #: Roots without an enqueue time (a placeholder, a job whose enqueue was not recorded) by when
 #: they were first heard of, as the runs list orders them. ``depth`` leads although the
