@@ -168,3 +168,72 @@ def test_records_pickle_for_a_sink_in_another_process() -> None:
     for record in telemetry.records:
         assert pickle.loads(pickle.dumps(record)) == record
     assert telemetry.records[-1].items == {"total": 2, "processed": 1}
+
+
+def test_builders_fill_every_field_as_the_keyword_form_would() -> None:
+    """enqueued, started and finished (built positionally, for speed) put each value in its field."""
+    info = records.JobInfo(
+        job_id="j",
+        name="J",
+        root_job_id="r",
+        depth=2,
+        queue="q",
+        attempt=3,
+        parent_job_id="p",
+        system="s",
+        trace_id="t" * 32,
+        span_id="s" * 16,
+    )
+    identity: dict[str, Any] = {
+        "job_id": "j",
+        "attempt": 3,
+        "name": "J",
+        "queue": "q",
+        "system": "s",
+        "parent_job_id": "p",
+        "root_job_id": "r",
+        "depth": 2,
+        "trace_id": "t" * 32,
+        "span_id": "s" * 16,
+    }
+    assert records.enqueued(info, at=1.0, args="{}", due_at=2.0) == JobRecord(
+        kind="enqueued", state=JobState.QUEUED, args="{}", enqueued_at=1.0, due_at=2.0, **identity
+    )
+    assert records.started(info, at=3.0, args="[]", enqueued_at=1.0, host="h", pid=7) == JobRecord(
+        kind="started",
+        state=JobState.RUNNING,
+        args="[]",
+        host="h",
+        pid=7,
+        enqueued_at=1.0,
+        started_at=3.0,
+        heartbeat_at=3.0,
+        **identity,
+    )
+    finished = records.finished(
+        info,
+        JobState.FAILED,
+        at=4.0,
+        items={"processed": 1},
+        progress=0.5,
+        error_type="E",
+        error_message="m",
+        reason="why",
+        host="h",
+        pid=7,
+    )
+    assert finished == JobRecord(
+        kind="finished",
+        state=JobState.FAILED,
+        items={"processed": 1},
+        progress=0.5,
+        error_type="E",
+        error_message="m",
+        reason="why",
+        host="h",
+        pid=7,
+        finished_at=4.0,
+        heartbeat_at=4.0,
+        **identity,
+    )
+    assert records.finished(info, JobState.SUCCEEDED, at=4.0).heartbeat_at is None

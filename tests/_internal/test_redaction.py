@@ -249,3 +249,20 @@ def test_safe_str_never_raises() -> None:
     assert safe_str(Unprintable(), 100) == "<unrepresentable: Unprintable>"
     assert safe_str(Sneaky(), 6) == "sneaky"
     assert type(safe_str(Sneaky(), 6)) is str
+
+
+def test_recorded_text_is_the_standard_encoders_compact_json() -> None:
+    """The args text is what ``json.dumps`` (compact, non-ASCII kept) makes of the cleaned args."""
+    args = {
+        "name": "café ✓",
+        "quote": 'say "hi"\n',
+        "n": 3,
+        "x": 2.5,
+        "ok": True,
+        "none": None,
+        "inf": float("inf"),
+        "nested": {"list": [1, "two", [3.0]], "token": "t"},
+    }
+    text = redact_args(args, redact_keys=DEFAULT.redact_keys, max_length=10_000)
+    expected = {**args, "nested": {"list": [1, "two", [3.0]], "token": REDACTED}}
+    assert text == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
@@ -89,9 +89,11 @@ _VERSION_TEXT = re.compile(r"([0-9]+)(?:\.[0-9]+)*")
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """What a job run learns from its metadata; fields are ``None`` where nothing valid came."""
+class Incoming(NamedTuple):
+    """What a job run learns from its metadata; fields are ``None`` where nothing valid came.
+
+    A named tuple, built positionally: it is made once per job run, on the job's thread.
+    """
 
     context: Context | None
     job_id: str | None
@@ -425,7 +427,15 @@ def _read_float(carrier: Mapping[str, str], key: str, problems: list[Problem]) -
     value = carrier.get(key)
     if value is None:
         return None
-    if len(value) > _MAX_NUMBER_LENGTH or not _DECIMAL.fullmatch(value):
+    whole, dot, fraction = value.partition(".")
+    if (
+        len(value) <= _MAX_NUMBER_LENGTH
+        and whole.isdigit()
+        and whole.isascii()
+        and (not dot or (fraction.isdigit() and fraction.isascii()))
+    ):
+        pass  # digits, maybe a fraction: what producers write, without the regular expression
+    elif len(value) > _MAX_NUMBER_LENGTH or not _DECIMAL.fullmatch(value):
         problems.append((f"{key} format", f"{key} {_shown(value)} is not a decimal number"))
         return None
     number = float(value)
@@ -563,17 +573,20 @@ def _read(metadata: object, job_description: str) -> Incoming:
     previous_span = parse_span_ref(previous)
     if previous is not None and previous_span is None:
         problems.append((KEY_PREVIOUS_SPAN, f"{KEY_PREVIOUS_SPAN} is malformed"))
+    get = carrier.get
     incoming = Incoming(
-        context=context,
-        job_id=_read_id(carrier, KEY_JOB_ID, problems),
-        parent_job_id=_read_id(carrier, KEY_PARENT_JOB_ID, problems),
-        root_job_id=_read_id(carrier, KEY_ROOT_JOB_ID, problems),
-        depth=_read_int(carrier, KEY_DEPTH, 0, MAX_DEPTH, problems),
-        enqueued_at=_read_float(carrier, KEY_ENQUEUED_AT, problems),
-        relationship=relationship,  # type: ignore[arg-type]
-        attempt=_read_int(carrier, KEY_ATTEMPT, 1, MAX_ATTEMPT, problems),
-        previous_span=previous_span,
-        due_at=_read_float(carrier, KEY_DUE_AT, problems),
+        context,
+        None if get(KEY_JOB_ID) is None else _read_id(carrier, KEY_JOB_ID, problems),
+        None if get(KEY_PARENT_JOB_ID) is None else _read_id(carrier, KEY_PARENT_JOB_ID, problems),
+        None if get(KEY_ROOT_JOB_ID) is None else _read_id(carrier, KEY_ROOT_JOB_ID, problems),
+        _read_int(carrier, KEY_DEPTH, 0, MAX_DEPTH, problems),
+        _read_float(carrier, KEY_ENQUEUED_AT, problems),
+        relationship,  # type: ignore[arg-type]
+        None
+        if get(KEY_ATTEMPT) is None
+        else _read_int(carrier, KEY_ATTEMPT, 1, MAX_ATTEMPT, problems),
+        previous_span,
+        None if get(KEY_DUE_AT) is None else _read_float(carrier, KEY_DUE_AT, problems),
     )
     if problems:
         _warn(

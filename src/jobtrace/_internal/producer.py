@@ -19,7 +19,7 @@ from jobtrace._internal.config import Relationship, Settings, get_settings
 from jobtrace._internal.current import active_job, record_exception
 from jobtrace._internal.metadata import producer_job_id, write_lineage
 from jobtrace._internal.redaction import args_text, safe_str
-from jobtrace._internal.telemetry import instruments, tracer
+from jobtrace._internal.telemetry import TallyKey, instruments, tracer
 
 logger = logging.getLogger("jobtrace")
 
@@ -84,6 +84,7 @@ class Enqueue:
         self.published = True
         self._span: trace.Span | None = None
         self._sent_at: float | None = None
+        self._shape = _NO_SHAPE
 
     def start(self) -> MutableMapping[str, Any]:
         """Start the span and write the metadata; returns the metadata (the carrier, if given)."""
@@ -112,21 +113,15 @@ class Enqueue:
         self.relationship = _choose_relationship(
             settings, self.name, self.requested_relationship, fanout, self.delay
         )
+        self._shape = shape = _shape_of(self.system, self.name, self.queue, self.server)
         attributes: dict[str, Any] = {
-            semconv.MESSAGING_SYSTEM: self.system,
-            semconv.MESSAGING_OPERATION_TYPE: "send",
-            semconv.MESSAGING_OPERATION_NAME: "send",
+            **shape.span_attributes,
             semconv.MESSAGING_MESSAGE_ID: self.job_id,
             semconv.JOB_ID: self.job_id,
-            semconv.JOB_NAME: self.name,
             semconv.JOB_ROOT_ID: root_job_id,
             semconv.JOB_DEPTH: depth,
             semconv.RELATIONSHIP: self.relationship,
         }
-        if self.queue is not None:
-            attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
-        if self.server is not None:
-            attributes.update(semconv.server_attributes(self.server))
         if parent_job_id is not None:
             attributes[semconv.JOB_PARENT_ID] = parent_job_id
         if self.delay:
@@ -137,9 +132,7 @@ class Enqueue:
         span = self.adopted_span
         if span is None:
             span = tracer(self.tracer_provider).start_span(
-                semconv.span_name(
-                    semconv.OPERATION_SEND, self.name, self.queue, settings.span_names
-                ),
+                shape.span_names[settings.span_names == "conventions"],
                 kind=SpanKind.PRODUCER,
                 attributes=attributes,
             )
@@ -209,19 +202,15 @@ class Enqueue:
         if sent_at is None or not self.published:
             return
         try:
-            attributes: dict[str, str | int] = {
-                semconv.MESSAGING_SYSTEM: self.system,
-                semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_SEND,
-            }
-            if self.queue is not None:
-                attributes[semconv.MESSAGING_DESTINATION_NAME] = self.queue
-            if self.server is not None:
-                attributes.update(semconv.server_attributes(self.server))
-            if error_type is not None:
-                attributes[semconv.ERROR_TYPE] = error_type
+            shape = self._shape
+            if error_type is None:
+                sent_key, attributes = shape.sent_key, shape.duration_attributes
+            else:
+                failed = {**shape.messaging, semconv.ERROR_TYPE: error_type}
+                sent_key = tuple(failed.items())
+                attributes = {**failed, semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_SEND}
             metrics = instruments(self.meter_provider)
-            metrics.sent.add(tuple(attributes.items()))
-            attributes[semconv.MESSAGING_OPERATION_TYPE] = semconv.OPERATION_SEND
+            metrics.sent.add(sent_key)
             metrics.operation_duration.record(max(0.0, time.time() - sent_at), attributes)
         except Exception:
             logger.warning("jobtrace: measuring the send of %s failed", self.name, exc_info=True)
@@ -237,6 +226,63 @@ class Enqueue:
         tb: TracebackType | None,
     ) -> None:
         self.end(exc)
+
+
+class _Shape:
+    """What every send of one job name, queue, system and broker has in common, made once.
+
+    The span's constant attributes and both span names, the send metrics' attribute set and the
+    counter's key; the dicts are shared by every send and never changed.
+    """
+
+    __slots__ = ("duration_attributes", "messaging", "sent_key", "span_attributes", "span_names")
+
+    def __init__(
+        self, system: str, name: str, queue: str | None, server: semconv.Server | None
+    ) -> None:
+        attributes: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: system,
+            semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_SEND,
+            semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_SEND,
+            semconv.JOB_NAME: name,
+        }
+        messaging: dict[str, str | int] = {
+            semconv.MESSAGING_SYSTEM: system,
+            semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_SEND,
+        }
+        if queue is not None:
+            attributes[semconv.MESSAGING_DESTINATION_NAME] = queue
+            messaging[semconv.MESSAGING_DESTINATION_NAME] = queue
+        if server is not None:
+            found = semconv.server_attributes(server)
+            attributes.update(found)
+            messaging.update(found)
+        self.span_attributes = attributes
+        self.span_names = (
+            semconv.span_name(semconv.OPERATION_SEND, name, queue, "job"),
+            semconv.span_name(semconv.OPERATION_SEND, name, queue, "conventions"),
+        )
+        self.messaging = messaging
+        self.sent_key: TallyKey = tuple(messaging.items())
+        self.duration_attributes: dict[str, str | int] = {
+            **messaging,
+            semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_SEND,
+        }
+
+
+_NO_SHAPE = _Shape("jobtrace", "", None, None)
+_shapes: dict[tuple[str, str, str | None, semconv.Server | None], _Shape] = {}
+_MAX_SHAPES = 4096  # job names are few; this bounds a stream of made-up ones
+
+
+def _shape_of(system: str, name: str, queue: str | None, server: semconv.Server | None) -> _Shape:
+    key = (system, name, queue, server)
+    shape = _shapes.get(key)
+    if shape is None:
+        if len(_shapes) >= _MAX_SHAPES:
+            _shapes.clear()
+        shape = _shapes[key] = _Shape(system, name, queue, server)
+    return shape
 
 
 def prepare_enqueue(

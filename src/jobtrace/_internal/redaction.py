@@ -9,7 +9,7 @@ a marker (:func:`unrepresentable`) and the rest is recorded as usual.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jobtrace._internal.config import Settings
@@ -71,6 +71,8 @@ def _clean(value: Any, redact_keys: frozenset[str], level: int) -> Any:
 
 def _clean_other(value: Any, redact_keys: frozenset[str], level: int) -> Any:
     """Everything but the plain scalars: subclasses, containers, arbitrary objects."""
+    if type(value) is dict:  # the usual arguments: no ABC check, no scalar checks first
+        return _clean_mapping(value, redact_keys, level) if level < _MAX_NESTING else "…"
     if isinstance(value, str):
         return _text(value)
     if isinstance(value, int):
@@ -80,23 +82,8 @@ def _clean_other(value: Any, redact_keys: frozenset[str], level: int) -> Any:
         return float.__float__(value)
     if level >= _MAX_NESTING:
         return "…"
-    if type(value) is dict or isinstance(value, Mapping):  # skip the ABC check for plain dicts
-        out: dict[str, Any] = {}
-        for index, (key, item) in enumerate(value.items()):
-            if index >= _MAX_ITEMS:
-                out["…"] = f"{len(value) - _MAX_ITEMS} more"
-                break
-            name = key if type(key) is str else _key_text(key)
-            item_kind = type(item)
-            if is_secret(name, redact_keys):
-                out[name] = REDACTED
-            elif item_kind is int:  # the usual arguments, without a call
-                out[name] = item if -_INT_LIMIT < item < _INT_LIMIT else _big_int(item)
-            elif item_kind in _SCALARS:
-                out[name] = item
-            else:
-                out[name] = _clean(item, redact_keys, level + 1)
-        return out
+    if isinstance(value, Mapping):
+        return _clean_mapping(value, redact_keys, level)
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
         cleaned = [_clean(item, redact_keys, level + 1) for item in items[:_MAX_ITEMS]]
@@ -106,6 +93,32 @@ def _clean_other(value: Any, redact_keys: frozenset[str], level: int) -> Any:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return str.__str__(repr(value))[:_MAX_REPR]
+
+
+def _clean_mapping(value: Mapping[Any, Any], redact_keys: frozenset[str], level: int) -> Any:
+    """A mapping's items cleaned, secrets replaced; a plain dict of short scalars without a call."""
+    secrets = _secrets(redact_keys)
+    out: dict[str, Any] = {}
+    for index, (key, item) in enumerate(value.items()):
+        if index >= _MAX_ITEMS:
+            out["…"] = f"{len(value) - _MAX_ITEMS} more"
+            break
+        name = key if type(key) is str else _key_text(key)
+        secret = secrets.get(name)
+        if secret is None:
+            secret = is_secret(name, redact_keys)
+        item_kind = type(item)
+        if secret:
+            out[name] = REDACTED
+        elif item_kind is str:
+            out[name] = item if len(item) <= _MAX_STRING else item[:_MAX_STRING] + TRUNCATED
+        elif item_kind is int:
+            out[name] = item if -_INT_LIMIT < item < _INT_LIMIT else _big_int(item)
+        elif item_kind in _SCALARS:
+            out[name] = item
+        else:
+            out[name] = _clean(item, redact_keys, level + 1)
+    return out
 
 
 def _key_text(key: object) -> str:
@@ -121,16 +134,22 @@ _secret_cache: dict[frozenset[str], dict[str, bool]] = {}
 _MAX_CACHED_KEYS = 4096
 
 
-def is_secret(key: str, redact_keys: frozenset[str]) -> bool:
-    """Whether an argument named ``key`` must not be recorded (case-insensitive substring).
-
-    Jobs pass the same argument names over and over, so answers are cached per key set.
-    """
+def _secrets(redact_keys: frozenset[str]) -> dict[str, bool]:
+    """The cached answers of :func:`is_secret` for this key set (argument name to answer)."""
     cache = _secret_cache.get(redact_keys)
     if cache is None:
         if len(_secret_cache) > 16:
             _secret_cache.clear()
         cache = _secret_cache.setdefault(redact_keys, {})
+    return cache
+
+
+def is_secret(key: str, redact_keys: frozenset[str]) -> bool:
+    """Whether an argument named ``key`` must not be recorded (case-insensitive substring).
+
+    Jobs pass the same argument names over and over, so answers are cached per key set.
+    """
+    cache = _secrets(redact_keys)
     found = cache.get(key)
     if found is None:
         lowered = key.lower()
@@ -141,8 +160,41 @@ def is_secret(key: str, redact_keys: frozenset[str]) -> bool:
 
 
 # One encoder for every call: ``json.dumps`` with options builds a new one each time. ``_clean``
-# leaves only JSON's own types, so ``default`` is a last resort that never raises.
-_encoder = json.JSONEncoder(ensure_ascii=False, default=unrepresentable, separators=(",", ":"))
+# leaves only JSON's own types, so ``default`` is a last resort that never raises; and it builds
+# new containers nested at most ``_MAX_NESTING`` deep, so there is no cycle to check for.
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, default=unrepresentable, separators=(",", ":"), check_circular=False
+)
+
+
+def _make_fast_encode() -> Callable[[Any], str]:
+    """``_encoder.encode`` without the per-call set-up (a closure and a C encoder made each time).
+
+    The C encoder ``JSONEncoder`` itself builds, made once, when this Python has one (CPython
+    3.10-3.13 share its signature) and it encodes a probe as ``_encoder`` does; else the encoder.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _encoder.encode
+    try:
+        # markers (no cycle check), default, string encoder, indent, key and item separators,
+        # sort_keys, skipkeys, allow_nan: what ``_encoder`` passes.
+        iterencode = make(
+            None, unrepresentable, json.encoder.encode_basestring, None, ":", ",", False, False, True
+        )  # fmt: skip
+        probe = {"a": [1, 2.5, None, True, 'é\n"'], "b": {"c": float("inf")}, "d": object()}
+        if "".join(iterencode(probe, 0)) != _encoder.encode(probe):
+            return _encoder.encode
+    except Exception:
+        return _encoder.encode
+
+    def encode(value: Any) -> str:
+        return "".join(iterencode(value, 0))
+
+    return encode
+
+
+_encode = _make_fast_encode()
 
 
 def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> str:
@@ -152,7 +204,7 @@ def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> s
     caller's to leave out. Parts that cannot be turned into text are replaced by a marker.
     """
     try:
-        text = _encoder.encode(_clean(args, redact_keys, 0))
+        text = _encode(_clean(args, redact_keys, 0))
     except Exception:  # nothing known gets here; the job's record matters more than its args
         text = _encoder.encode(unrepresentable(args))
     if len(text) > max_length:
