@@ -500,3 +500,72 @@ def test_a_malformed_due_time_is_dropped_with_a_warning(caplog: pytest.LogCaptur
     assert incoming.job_id == "d-2"
     (warning,) = _jobtrace_warnings(caplog)
     assert md.KEY_DUE_AT in warning.getMessage()
+
+
+def _parent_and_baggage(incoming: md.Incoming) -> tuple[object, object]:
+    context = incoming.context
+    if context is None:
+        return None, None
+    return trace.get_current_span(context).get_span_context(), baggage.get_all(context)
+
+
+WELL_FORMED: list[dict[str, Any]] = [
+    {},
+    {"traceparent": VALID_TRACEPARENT},
+    {"traceparent": VALID_TRACEPARENT, "baggage": "tenant=acme", "other": 3},
+    {"baggage": "tenant=acme"},
+    {
+        "jobtrace-version": "1",
+        "jobtrace-job-id": "j-2",
+        "jobtrace-root-job-id": "j-0",
+        "jobtrace-parent-job-id": "j-1",
+        "jobtrace-depth": "2",
+        "jobtrace-enqueued-at": "1700000000.250000",
+        "jobtrace-relationship": "link",
+        "traceparent": VALID_TRACEPARENT,
+    },
+    {
+        "jobtrace-version": "1.1",
+        "jobtrace-job-id": "j-3",
+        "jobtrace-root-job-id": "j-3",
+        "jobtrace-depth": "0",
+        "jobtrace-enqueued-at": "1700000000",
+        "jobtrace-due-at": "1700003600.5",
+        "jobtrace-relationship": "child",
+    },
+    {"jobtrace-attempt": "3", "jobtrace-previous-span": f"{'ab' * 16}-{'cd' * 8}"},
+]
+
+
+@pytest.mark.parametrize("metadata", WELL_FORMED)
+def test_the_fast_reading_of_well_formed_metadata_is_the_checked_one(
+    metadata: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Well-formed metadata read the fast way gives every field the checked reading gives."""
+    fast = md._read_well_formed(metadata)
+    checked = md._read_checked(metadata, "job J")
+    assert fast is not None
+    assert fast._replace(context=None) == checked._replace(context=None)
+    assert _parent_and_baggage(fast) == _parent_and_baggage(checked)
+    assert _jobtrace_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"jobtrace-job-id": "j"},  # no version
+        {"jobtrace-version": "2", "jobtrace-job-id": "j"},
+        {"jobtrace-version": "1", "jobtrace-job-id": "j\n"},
+        {"jobtrace-version": "1", "jobtrace-depth": 3},
+        {"jobtrace-version": "1", "jobtrace-depth": "-1"},
+        {"jobtrace-version": "1", "jobtrace-enqueued-at": "1e9"},
+        {"jobtrace-version": "1", "jobtrace-relationship": "sibling"},
+        {"jobtrace-previous-span": "nope"},
+        {"TraceParent": VALID_TRACEPARENT},
+        {"traceparent": "00-garbage"},
+        {1: "x"},
+    ],
+)
+def test_anything_unusual_is_left_to_the_checked_reading(metadata: dict[Any, Any]) -> None:
+    """Metadata with anything to repair or warn about is not read the fast way."""
+    assert md._read_well_formed(metadata) is None

@@ -94,6 +94,7 @@ class JobRun:
         self.info: records.JobInfo | None = None
         self._job: current.ActiveJob | None = None
         self._context_token: object | None = None
+        self._context: otel_context.Context | None = None
         self._job_token: Token[current.ActiveJob | None] | None = None
         self._started_at = 0.0
         self._shape = _NO_SHAPE
@@ -176,13 +177,15 @@ class JobRun:
         )
         self._job = current.ActiveJob(info=self.info, span=span, started_at=now)
         self._started_at = now
-        self._context_token = otel_context.attach(trace.set_span_in_context(span, parent_context))
+        self._context = job_context = trace.set_span_in_context(span, parent_context)
+        self._context_token = otel_context.attach(job_context)
         self._job_token = current._current.set(self._job)
         self.state = JobState.RUNNING
         metrics = instruments(self.meter_provider)
         metrics.consumed.add(shape.consumed_key)
         if queue_wait is not None:
-            metrics.queue_wait.record(queue_wait, shape.job_attributes)
+            # The job's context given, not looked up: it is the current one (for exemplars).
+            metrics.queue_wait.record(queue_wait, shape.job_attributes, job_context)
         if records.has_sinks():
             records.emit(
                 records.started(
@@ -285,7 +288,9 @@ class JobRun:
         metrics = instruments(self.meter_provider)
         if error_type is not None:
             process_attributes = {**process_attributes, semconv.ERROR_TYPE: error_type}
-        metrics.process_duration.record(finished - self._started_at, process_attributes)
+        metrics.process_duration.record(
+            finished - self._started_at, process_attributes, self._context
+        )
         metrics.outcomes.add(outcome_key)
         if records.has_sinks():
             records.emit(
@@ -319,6 +324,7 @@ class JobRun:
     def _detach(self) -> None:
         job_token, self._job_token = self._job_token, None
         context_token, self._context_token = self._context_token, None
+        self._context = None
         if job_token is not None:
             try:
                 current._current.reset(job_token)

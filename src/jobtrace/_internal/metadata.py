@@ -557,6 +557,149 @@ def read_metadata(metadata: object, *, job_description: str) -> Incoming:
 
 
 def _read(metadata: object, job_description: str) -> Incoming:
+    if type(metadata) is dict:
+        incoming = _read_well_formed(metadata)
+        if incoming is not None:
+            return incoming
+    return _read_checked(metadata, job_description)
+
+
+def _plain_id(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
+def _plain_int(value: object, low: int, high: int) -> int | None:
+    if type(value) is not str or not (value.isascii() and value.isdigit() and len(value) < 19):
+        return None
+    number = int(value)
+    return number if low <= number <= high else None
+
+
+def _plain_time(value: object) -> float | None:
+    if type(value) is not str or len(value) > _MAX_NUMBER_LENGTH:
+        return None
+    whole, dot, fraction = value.partition(".")
+    if not (whole.isascii() and whole.isdigit()):
+        return None
+    if dot and not (fraction.isascii() and fraction.isdigit()):
+        return None
+    number = float(value)
+    return number if 0.0 < number < 1e11 else None
+
+
+def _read_well_formed(metadata: dict[Any, Any]) -> Incoming | None:
+    """The common case, read without building a sanitised copy: ``None`` unless all is in order.
+
+    In order means what :func:`_read_checked` would read without a single problem: plain string
+    values, version 1 or 1.1, valid ids and numbers, the propagator's keys in its own spelling and
+    a valid parent if any. Anything else (``None``) goes the checked way, which says what is wrong.
+    """
+    get = metadata.get
+    found = 0
+    version = get(KEY_VERSION)
+    if version is not None:
+        if version != VERSION and version != VERSION_1_1:
+            return None
+        found += 1
+    job_id = get(KEY_JOB_ID)
+    if job_id is not None:
+        if not _plain_id(job_id):
+            return None
+        found += 1
+    parent_job_id = get(KEY_PARENT_JOB_ID)
+    if parent_job_id is not None:
+        if not _plain_id(parent_job_id):
+            return None
+        found += 1
+    root_job_id = get(KEY_ROOT_JOB_ID)
+    if root_job_id is not None:
+        if not _plain_id(root_job_id):
+            return None
+        found += 1
+    if version is None and found:
+        return None  # producer keys without a version: a warning to give
+    raw = get(KEY_DEPTH)
+    depth = None
+    if raw is not None:
+        depth = _plain_int(raw, 0, MAX_DEPTH)
+        if depth is None:
+            return None
+        found += 1
+    raw = get(KEY_ENQUEUED_AT)
+    enqueued_at = None
+    if raw is not None:
+        enqueued_at = _plain_time(raw)
+        if enqueued_at is None:
+            return None
+        found += 1
+    raw = get(KEY_DUE_AT)
+    due_at = None
+    if raw is not None:
+        due_at = _plain_time(raw)
+        if due_at is None:
+            return None
+        found += 1
+    relationship = get(KEY_RELATIONSHIP)
+    if relationship is not None:
+        if type(relationship) is not str or relationship not in RELATIONSHIPS:
+            return None
+        found += 1
+    if version is None and found:
+        return None
+    raw = get(KEY_ATTEMPT)
+    attempt = None
+    if raw is not None:
+        attempt = _plain_int(raw, 1, MAX_ATTEMPT)
+        if attempt is None:
+            return None
+        found += 1
+    raw = get(KEY_PREVIOUS_SPAN)
+    previous_span = None
+    if raw is not None:
+        previous_span = parse_span_ref(raw) if type(raw) is str else None
+        if previous_span is None:
+            return None
+        found += 1
+    fields = _propagation_fields()
+    present: list[str] = []
+    for field in fields.values():
+        value = get(field)
+        if value is not None:
+            if type(value) is not str or len(value) > MAX_VALUE_LENGTH:
+                return None
+            present.append(field)
+    if found + len(present) != len(metadata):
+        # Keys of others: harmless, unless one is a propagator's key in another case (or not a
+        # plain string key), which the checked way deals with.
+        for key in metadata:
+            if type(key) is not str or (key not in present and key.lower() in fields):
+                return None
+    context = None
+    if present:
+        try:
+            context = propagate.extract(metadata, getter=_getter)
+        except Exception:
+            return None
+        if not get_current_span(context).get_span_context().is_valid and any(
+            field not in _NOT_A_PARENT for field in present
+        ):
+            return None
+    return Incoming(
+        context,
+        job_id,
+        parent_job_id,
+        root_job_id,
+        depth,
+        enqueued_at,
+        relationship,  # type: ignore[arg-type]
+        attempt,
+        previous_span,
+        due_at,
+    )
+
+
+def _read_checked(metadata: object, job_description: str) -> Incoming:
+    """Any metadata at all: sanitised, each key checked, every problem named in one warning."""
     problems: list[Problem] = []
     carrier = _sanitise(metadata, problems)
     context = _trace_context(carrier, problems) if carrier else None
