@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
 from jobtrace._internal.metadata import is_valid_job_id, repair_job_id
-from jobtrace.lineage.models import ID_LENGTH, NAME_LENGTH, Attempt, Base, Job, UTCDateTime
+from jobtrace.lineage.models import ID_LENGTH, NAME_LENGTH, Attempt, Base, Job
 from jobtrace.records import JobRecord, JobState
 
 Row = dict[str, Any]
@@ -77,6 +77,7 @@ ATTEMPT_FIELDS = (
 )
 ITEM_FIELDS = ("items_total", "items_processed", "items_failed", "items_skipped", "progress")
 MAX_TEXT = 64_000
+_JOB_ATTEMPT_FIELDS = (*ATTEMPT_FIELDS, *ITEM_FIELDS)
 
 
 def rank(state: str) -> int:
@@ -122,103 +123,206 @@ def _int(value: int | None) -> int | None:
 
 _HEARTBEATING_KINDS = frozenset({"started", "heartbeat"})
 
+#: A row as the writer builds it: the table's values in column order, times already as the text
+#: the column stores. Tuples, not dicts: a record costs one tuple, and the upsert's parameters
+#: are these tuples themselves (SQLite) or one JSON array of them (PostgreSQL).
+Values = tuple[Any, ...]
 
-def job_row(record: JobRecord, now: float, heartbeat_interval: float | None = None) -> Row:
-    """The ``jobtrace_jobs`` row one record stands for.
+_EPOCH = datetime(1970, 1, 1)
+
+
+# Cached: a record's times recur in its job's attempt row and in its other records, and a
+# batch's rows share one ``updated_at``.
+@functools.lru_cache(maxsize=16_384)
+def stored_time(value: float | datetime) -> str:
+    """A time as the column stores it: naive UTC text to the microsecond (SQLAlchemy's SQLite
+    format, which PostgreSQL also reads as a ``timestamp``)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.isoformat(" ", "microseconds")
+    return (_EPOCH + timedelta(seconds=value)).isoformat(" ", "microseconds")
+
+
+def job_values(
+    record: JobRecord, updated_at: str, heartbeat_interval: float | None = None
+) -> Values:
+    """The ``jobtrace_jobs`` row one record stands for, in column order (:data:`JOB_COLUMNS`).
 
     Args:
+        updated_at: The batch's time, as :func:`stored_time` gives it.
         heartbeat_interval: How often the writer heartbeats the attempts running in its process;
             stored with the records that say an attempt runs there.
     """
-    job_id = safe_id(record.job_id)
-    items = record.items or {}
-    return {
-        "job_id": job_id,
-        "attempt": _int(record.attempt) or 1,
-        "state": record.state.value,
-        "name": _text(record.name, NAME_LENGTH),
-        "queue": _text(record.queue, NAME_LENGTH),
-        "system": _text(record.system, 64),
-        "parent_job_id": safe_id(record.parent_job_id),
-        "root_job_id": safe_id(record.root_job_id),
-        "depth": _int(record.depth),
-        "args": _text(record.args, MAX_TEXT),
-        "enqueued_at": record.enqueued_at,
-        "due_at": record.due_at,
-        "trace_id": _text(record.trace_id, 32),
-        "span_id": _text(record.span_id, 16),
-        "error_type": _text(record.error_type, NAME_LENGTH),
-        "error_message": _text(record.error_message, MAX_TEXT),
-        "reason": _text(record.reason, MAX_TEXT),
-        "host": _text(record.host, NAME_LENGTH),
-        "pid": _int(record.pid),
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "heartbeat_at": record.heartbeat_at,
-        "heartbeat_interval": heartbeat_interval if record.kind in _HEARTBEATING_KINDS else None,
-        "lost_at": now if record.kind == "lost" else None,
-        "items_total": _int(items.get("total")),
-        "items_processed": _int(items.get("processed")),
-        "items_failed": _int(items.get("failed")),
-        "items_skipped": _int(items.get("skipped")),
-        "progress": record.progress,
-        "updated_at": now,
-    }
-
-
-_ATTEMPT_KEYS = ("job_id", "attempt", "state", "enqueued_at", *ATTEMPT_FIELDS)
-
-
-def attempt_row(job: Row) -> Row:
-    """The ``jobtrace_attempts`` part of a job row."""
-    return {key: job[key] for key in _ATTEMPT_KEYS}
-
-
-def _merged(old: Row, new: Row, job_fields: Iterable[str], attempt_fields: Iterable[str]) -> Row:
-    if new["attempt"] != old["attempt"]:
-        later, earlier = (new, old) if new["attempt"] > old["attempt"] else (old, new)
-        merged = dict(later)
-        for key in job_fields:
-            if merged[key] is None:
-                merged[key] = earlier[key]
+    (
+        kind,
+        job_id,
+        attempt,
+        name,
+        state,
+        queue,
+        system,
+        parent_job_id,
+        root_job_id,
+        depth,
+        trace_id,
+        span_id,
+        args,
+        items,
+        progress,
+        error_type,
+        error_message,
+        reason,
+        host,
+        pid,
+        enqueued_at,
+        due_at,
+        started_at,
+        finished_at,
+        heartbeat_at,
+    ) = record
+    if items:
+        total, processed, failed, skipped = (
+            _int(items.get("total")),
+            _int(items.get("processed")),
+            _int(items.get("failed")),
+            _int(items.get("skipped")),
+        )
     else:
-        first, second = (new, old) if rank(new["state"]) >= rank(old["state"]) else (old, new)
-        merged = dict(first)
-        for key in (*job_fields, *attempt_fields):
-            if merged[key] is None:
-                merged[key] = second[key]
-    if "updated_at" in merged:
-        merged["updated_at"] = max(old["updated_at"], new["updated_at"])
-    return merged
+        total = processed = failed = skipped = None
+    # ``None if x is None else f(x)``: most fields of a record are empty, and a call costs more
+    # than the test.
+    return (
+        safe_id(job_id),
+        _text(name, NAME_LENGTH),
+        None if queue is None else _text(queue, NAME_LENGTH),
+        None if system is None else _text(system, 64),
+        state.value,
+        _int(attempt) or 1,
+        None if parent_job_id is None else safe_id(parent_job_id),
+        None if root_job_id is None else safe_id(root_job_id),
+        None if depth is None else _int(depth),
+        None if trace_id is None else _text(trace_id, 32),
+        None if span_id is None else _text(span_id, 16),
+        None if args is None else _text(args, MAX_TEXT),
+        total,
+        processed,
+        failed,
+        skipped,
+        progress,
+        None if error_type is None else _text(error_type, NAME_LENGTH),
+        None if error_message is None else _text(error_message, MAX_TEXT),
+        None if reason is None else _text(reason, MAX_TEXT),
+        None if host is None else _text(host, NAME_LENGTH),
+        None if pid is None else _int(pid),
+        None if enqueued_at is None else stored_time(enqueued_at),
+        None if started_at is None else stored_time(started_at),
+        None if finished_at is None else stored_time(finished_at),
+        None if heartbeat_at is None else stored_time(heartbeat_at),
+        updated_at,
+        None if due_at is None else stored_time(due_at),
+        heartbeat_interval if kind in _HEARTBEATING_KINDS else None,
+        updated_at if kind == "lost" else None,
+    )
+
+
+#: The column order :func:`job_values` writes; checked against the model at import.
+JOB_COLUMNS = (
+    "job_id",
+    "name",
+    "queue",
+    "system",
+    "state",
+    "attempt",
+    "parent_job_id",
+    "root_job_id",
+    "depth",
+    "trace_id",
+    "span_id",
+    "args",
+    "items_total",
+    "items_processed",
+    "items_failed",
+    "items_skipped",
+    "progress",
+    "error_type",
+    "error_message",
+    "reason",
+    "host",
+    "pid",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "heartbeat_at",
+    "updated_at",
+    "due_at",
+    "heartbeat_interval",
+    "lost_at",
+)
+if tuple(column.name for column in _JOBS.columns) != JOB_COLUMNS:
+    raise ImportError("jobtrace_jobs' columns changed: update jobtrace.lineage._merge.job_values")
+_AT = {column: i for i, column in enumerate(JOB_COLUMNS)}
+_JOB_ID, _STATE, _ATTEMPT, _UPDATED = _AT["job_id"], _AT["state"], _AT["attempt"], _AT["updated_at"]
+_ROOT, _PARENT, _DEPTH, _SYSTEM = (
+    _AT["root_job_id"],
+    _AT["parent_job_id"],
+    _AT["depth"],
+    _AT["system"],
+)
+_JOB_FILL = tuple(_AT[key] for key in JOB_FIELDS)
+_SAME_ATTEMPT_FILL = tuple(_AT[key] for key in (*JOB_FIELDS, *ATTEMPT_FIELDS, *ITEM_FIELDS))
+#: The ``jobtrace_attempts`` row of a job row: its columns' positions in the job row.
+attempt_values: Callable[[Values], Values] = operator.itemgetter(
+    *(_AT[column.name] for column in _ATTEMPTS.columns)
+)
+
+
+def _merged(old: Values, new: Values) -> Values:
+    if new[_ATTEMPT] != old[_ATTEMPT]:
+        later, earlier = (new, old) if new[_ATTEMPT] > old[_ATTEMPT] else (old, new)
+        merged = list(later)
+        fill = _JOB_FILL
+    else:
+        first, earlier = (new, old) if rank(new[_STATE]) >= rank(old[_STATE]) else (old, new)
+        merged = list(first)
+        fill = _SAME_ATTEMPT_FILL
+    for i in fill:
+        if merged[i] is None:
+            merged[i] = earlier[i]
+    merged[_UPDATED] = max(old[_UPDATED], new[_UPDATED])  # same-format text: ordered as times
+    return tuple(merged)
 
 
 def rows(
     batch: Sequence[JobRecord], now: float, heartbeat_interval: float | None = None
-) -> tuple[list[Row], list[Row]]:
+) -> tuple[list[Values], list[Values]]:
     """One job row per job and one attempt row per attempt, sorted by key (no lock-order cycles).
 
     Records merge per attempt first (the attempt rows), then attempts per job (the job rows).
     """
-    merged: dict[tuple[str, int], Row] = {}
+    updated_at = stored_time(now)
+    merged: dict[tuple[str, int], Values] = {}
     for record in batch:
-        row = job_row(record, now, heartbeat_interval)
-        key = (row["job_id"], row["attempt"])
+        row = job_values(record, updated_at, heartbeat_interval)
+        key = (row[_JOB_ID], row[_ATTEMPT])
         old = merged.get(key)
-        merged[key] = row if old is None else _merged(old, row, JOB_FIELDS, _JOB_ATTEMPT_FIELDS)
+        merged[key] = row if old is None else _merged(old, row)
     keys = sorted(merged)
-    jobs: dict[str, Row] = {}
+    if len(keys) == len({key[0] for key in keys}):  # one attempt per job: the common case
+        jobs = [merged[key] for key in keys]
+        return jobs, list(map(attempt_values, jobs))
+    by_job: dict[str, Values] = {}
     for key in keys:  # attempts of one job in order
         row = merged[key]
-        old = jobs.get(key[0])
-        jobs[key[0]] = row if old is None else _merged(old, row, JOB_FIELDS, _JOB_ATTEMPT_FIELDS)
-    return list(jobs.values()), [attempt_row(merged[key]) for key in keys]
+        old = by_job.get(key[0])
+        by_job[key[0]] = row if old is None else _merged(old, row)
+    return list(by_job.values()), [attempt_values(merged[key]) for key in keys]
 
 
-_JOB_ATTEMPT_FIELDS = (*ATTEMPT_FIELDS, *ITEM_FIELDS)
 PLACEHOLDER_NAME = "?"
 
 
-def placeholders(jobs: Iterable[Row], skip: Callable[[str], bool]) -> list[Row]:
+def placeholders(jobs: Iterable[Values], skip: Callable[[str], bool], now: float) -> list[Row]:
     """Rows for the parents and roots ``jobs`` name, so every query finds a run's whole frame.
 
     A producer in another language, or a parent whose records were dropped, leaves a job that the
@@ -228,21 +332,25 @@ def placeholders(jobs: Iterable[Row], skip: Callable[[str], bool]) -> list[Row]:
     Args:
         jobs: Job rows about to be written.
         skip: Ids known to have a row already (this writer wrote them), to spare the insert.
+        now: The batch's time.
     """
-    written = {job["job_id"] for job in jobs}
+    jobs = list(jobs)
+    written = {job[_JOB_ID] for job in jobs}
     found: dict[str, Row] = {}
     for job in jobs:
-        root, parent, depth = job["root_job_id"], job["parent_job_id"], job["depth"]
+        root, parent, depth = job[_ROOT], job[_PARENT], job[_DEPTH]
         if parent is not None and parent not in written and not skip(parent):
             parent_depth = None if depth is None else max(depth - 1, 0)
             if parent not in found or found[parent]["depth"] is None:
-                found[parent] = _placeholder(parent, root, parent_depth, job, "parent")
+                found[parent] = _placeholder(parent, root, parent_depth, job, "parent", now)
         if root is not None and root not in written and root not in found and not skip(root):
-            found[root] = _placeholder(root, root, 0, job, "root")
+            found[root] = _placeholder(root, root, 0, job, "root", now)
     return [found[key] for key in sorted(found)]
 
 
-def _placeholder(job_id: str, root: str | None, depth: int | None, child: Row, role: str) -> Row:
+def _placeholder(
+    job_id: str, root: str | None, depth: int | None, child: Values, role: str, now: float
+) -> Row:
     return {
         "job_id": job_id,
         "attempt": 0,
@@ -250,9 +358,9 @@ def _placeholder(job_id: str, root: str | None, depth: int | None, child: Row, r
         "name": PLACEHOLDER_NAME,
         "root_job_id": root,
         "depth": depth,
-        "reason": f"named as the {role} of {child['job_id']}; no record of it reached the store",
-        "system": child["system"],
-        "updated_at": child["updated_at"],
+        "reason": f"named as the {role} of {child[_JOB_ID]}; no record of it reached the store",
+        "system": child[_SYSTEM],
+        "updated_at": now,
     }
 
 
@@ -332,33 +440,18 @@ class _Prepared:
     """An upsert compiled once per dialect, executed with plain DBAPI parameters.
 
     Row values skip SQLAlchemy's per-row parameter processing, which cost more than the database
-    write itself; times are converted here, the way the column type stores them. PostgreSQL gets
-    the whole batch as one JSON parameter (``jsonb_array_elements``): one round trip, one parse
-    and one C-speed encoding per batch (array parameters were dumped value by value in Python, at
+    write itself; :func:`job_values` builds them as the columns store them. PostgreSQL gets the
+    whole batch as one JSON parameter (``jsonb_array_elements``): one round trip, one parse and
+    one C-speed encoding per batch (array parameters were dumped value by value in Python, at
     more than half the cost of a write; objects with keys took twice as long to encode). SQLite
-    gets one ``executemany``.
+    gets one ``executemany`` of the row tuples.
     """
 
-    columns: tuple[str, ...]
-    pick: Callable[[Row], tuple[Any, ...]]  # a row's values in column order (every row has all)
     sql: str
-    times: tuple[int, ...]  # positions of the time columns
-    time_format: Callable[[float], Any]
     as_json: bool  # PostgreSQL: the batch as one JSON array of rows
 
 
 _prepared: dict[tuple[str, str], _Prepared] = {}
-
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-# Cached: a job's row and its attempt's row carry the same times, and a batch's rows one
-# ``updated_at``, so about half the conversions of a batch repeat one before them.
-@functools.lru_cache(maxsize=16_384)
-def _sqlite_time(seconds: float) -> str:
-    # SQLAlchemy's SQLite DATETIME storage format, microseconds always written.
-    return (_EPOCH + timedelta(seconds=seconds)).isoformat(" ", "microseconds")
 
 
 def _prepare(dialect: Dialect, table: Table) -> _Prepared:
@@ -375,46 +468,27 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
     else:  # a row per array element, each value cast to its column's type (jsonb: O(1) index)
         casts = [f"(r->>{i})::{c.type.compile(dialect)}" for i, c in enumerate(table.columns)]
         source = f"SELECT {', '.join(casts)} FROM jsonb_array_elements(%s::jsonb) AS r"
-    times = tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, UTCDateTime))
-    prepared = _Prepared(
-        columns=columns,
-        pick=operator.itemgetter(*columns),
-        sql=head + source + sql[sql.index(" ON CONFLICT") :],
-        times=times,
-        # The same text SQLite stores is a PostgreSQL ``timestamp`` literal, to the microsecond.
-        time_format=_sqlite_time,
-        as_json=not sqlite,
-    )
+    prepared = _Prepared(sql=head + source + sql[sql.index(" ON CONFLICT") :], as_json=not sqlite)
     _prepared[(dialect.name, table.name)] = prepared
     return prepared
 
 
-def _values(prepared: _Prepared, row: Row) -> list[Any]:
-    values = list(prepared.pick(row))
-    for index in prepared.times:
-        value = values[index]
-        if isinstance(value, (int, float)):
-            values[index] = prepared.time_format(value)
-    return values
-
-
-def _execute(conn: Connection, table: Table, rows: list[Row]) -> None:
+def _execute(conn: Connection, table: Table, rows: list[Values]) -> None:
     if not rows:
         return
     prepared = _prepare(conn.dialect, table)
     if prepared.as_json:
-        conn.exec_driver_sql(prepared.sql, (_json(prepared, rows),))
+        conn.exec_driver_sql(prepared.sql, (_json(rows),))
     else:
-        conn.exec_driver_sql(prepared.sql, [tuple(_values(prepared, row)) for row in rows])
+        conn.exec_driver_sql(prepared.sql, rows)
 
 
-def _json(prepared: _Prepared, rows: list[Row]) -> str:
-    """``rows`` as one JSON array of arrays in column order, times as timestamp text."""
-    values = [_values(prepared, row) for row in rows]
+def _json(rows: list[Values]) -> str:
+    """``rows`` as one JSON array of arrays in column order."""
     try:
-        return json.dumps(values, default=_json_time, allow_nan=False)
+        return json.dumps(rows, allow_nan=False)
     except ValueError:  # NaN or an infinity, which JSON lacks: as text PostgreSQL's float reads
-        return json.dumps([[_finite(value) for value in row] for row in values], default=_json_time)
+        return json.dumps([[_finite(value) for value in row] for row in rows])
 
 
 def _finite(value: object) -> object:
@@ -423,20 +497,12 @@ def _finite(value: object) -> object:
     return value
 
 
-def _json_time(value: object) -> str:
-    if isinstance(value, datetime):  # an aware time: stored as naive UTC, as the column type does
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value.isoformat(" ", "microseconds")
-    raise TypeError(f"{type(value).__name__} is not a lineage column value")
-
-
-def upsert_jobs(conn: Connection, jobs: list[Row]) -> None:
-    """Merge ``jobs`` (one row per job id) into ``jobtrace_jobs``."""
+def upsert_jobs(conn: Connection, jobs: list[Values]) -> None:
+    """Merge ``jobs`` (one row per job id, from :func:`rows`) into ``jobtrace_jobs``."""
     _execute(conn, _JOBS, jobs)
 
 
-def upsert_attempts(conn: Connection, attempts: list[Row]) -> None:
+def upsert_attempts(conn: Connection, attempts: list[Values]) -> None:
     """Merge ``attempts`` (one row per job id and attempt) into ``jobtrace_attempts``."""
     _execute(conn, _ATTEMPTS, attempts)
 
@@ -454,8 +520,8 @@ def write(
         known: Ids that already have a row (the writer wrote them), to spare their placeholders.
     """
     jobs, attempts = rows(batch, now, heartbeat_interval)
-    frames = placeholders(jobs, known)
+    frames = placeholders(jobs, known, now)
     upsert_jobs(conn, jobs)
     upsert_attempts(conn, attempts)
     insert_placeholders(conn, frames)
-    return [row["job_id"] for row in (*jobs, *frames)]
+    return [*(row[_JOB_ID] for row in jobs), *(row["job_id"] for row in frames)]
