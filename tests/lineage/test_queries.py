@@ -569,7 +569,7 @@ def test_a_path_cut_at_the_limit_says_at_which_depth(
     why = store.why(chain[-1], limit=50)
     assert ids(list(why.path)) == chain[-51:]
     assert why.truncated_at == CHAIN - 51
-    monkeypatch.setattr("jobtrace.lineage.queries.MAX_DEPTH", 1000)
+    monkeypatch.setattr("jobtrace.lineage.results.MAX_DEPTH", 1000)
     default = store.ancestors(chain[-1])
     assert (len(default), default.truncated_at) == (1000, CHAIN - 1001)
 

@@ -483,7 +483,8 @@ def _states(jobs: Table, states: tuple[str, ...], now: datetime) -> ColumnElemen
 
 def _id_prefix(conn: Connection, jobs: Table, typed: str) -> ColumnElement[bool]:
     """Ids starting with ``typed`` (its ``…`` dropped): a primary-key range where it can be."""
-    from jobtrace.lineage.queries import ELLIPSIS, _orders_by_code_point, _prefix_upper
+    from jobtrace.lineage._sql import _orders_by_code_point, _prefix_upper
+    from jobtrace.lineage.results import ELLIPSIS
 
     prefix = typed.removesuffix(ELLIPSIS)
     if not prefix:

@@ -193,7 +193,7 @@ def _sampled_percentiles(
     index holds, so the rows left out are never read; by row number in an index-only scan on
     PostgreSQL); its percentiles are then of that sample.
     """
-    from jobtrace.lineage.queries import JOBS
+    from jobtrace.lineage._sql import JOBS
 
     found: _Percentiles = {}
     for (depth, name), total in totals.items():
