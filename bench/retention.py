@@ -20,14 +20,16 @@ The store's shape: runs over the last 120 days, most of one job, some of thousan
 with failures, a few still active, some under a placeholder root (a producer that is not
 instrumented); one in twenty jobs retried.
 
-    python bench/retention.py [--jobs 10000000] [--cache DIR] [--step-days 10]
+    python bench/retention.py [--jobs 10000000] [--cache DIR] [--step-days 10] [--stores sqlite]
 
 ``--cache DIR`` keeps the built stores (a SQLite file and a PostgreSQL template database) and
-reuses them on the next run. PostgreSQL comes from ``JOBTRACE_BENCH_POSTGRES_URL`` (default: the
-test server's ``test`` database, used only to create and drop the bench databases). The last line
-is ``prune_rows_per_s_sqlite=<a> prune_rows_per_s_postgres=<b> writer_share_during_prune=<c>
-runs_ms_10m=<d>``: the medians; the share is the lower of the two databases', the runs time the
-higher median (before or after the prunes), whatever the store's size (the line before says it).
+reuses them on the next run. ``--stores`` benches only the databases it names (both by default).
+PostgreSQL comes from ``JOBTRACE_BENCH_POSTGRES_URL`` (default: the test server's ``test``
+database, used only to create and drop the bench databases). The last line is
+``prune_rows_per_s_sqlite=<a> prune_rows_per_s_postgres=<b> writer_share_during_prune=<c>
+runs_ms_10m=<d>`` (a database not benched has no rate): the medians; the share is the lower of
+the databases', the runs time the higher median (before or after the prunes), whatever the
+store's size (the line before says it).
 """
 
 from __future__ import annotations
@@ -794,7 +796,15 @@ def main() -> None:
         "--alone", type=int, default=3, help="writer samples without a prune, before each prune"
     )
     parser.add_argument("--repeat", type=int, default=9, help="timings of each query")
+    parser.add_argument(
+        "--stores",
+        default="sqlite,postgres",
+        help="the databases to bench, comma-separated (%(default)s)",
+    )
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.stores.split(",") if name.strip()]
+    if not chosen or set(chosen) - {"sqlite", "postgres"}:
+        parser.error(f"--stores: sqlite, postgres or both, got {args.stores!r}")
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         cache = args.cache or Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -823,6 +833,8 @@ def main() -> None:
             "postgres": lambda: postgres_store(args.jobs, cache),
         }
         for name, store_of in stores.items():
+            if name not in chosen:
+                continue
             print(f"{name}:", flush=True)
             with store_of() as url:
                 outcomes[name] = bench(url, shape, args)
@@ -837,11 +849,10 @@ def main() -> None:
         )
     share = min(outcome.writer_share for outcome in outcomes.values())
     runs_ms = max(max(o.before["runs"].median, o.after["runs"].median) for o in outcomes.values())
-    print(
-        f"prune_rows_per_s_sqlite={outcomes['sqlite'].prune_rows_per_s.median:.0f}"
-        f" prune_rows_per_s_postgres={outcomes['postgres'].prune_rows_per_s.median:.0f}"
-        f" writer_share_during_prune={share:.2f} runs_ms_10m={runs_ms:.1f}"
+    rates = " ".join(
+        f"prune_rows_per_s_{name}={o.prune_rows_per_s.median:.0f}" for name, o in outcomes.items()
     )
+    print(f"{rates} writer_share_during_prune={share:.2f} runs_ms_10m={runs_ms:.1f}")
 
 
 def _drop_template(jobs: int) -> None:

@@ -240,23 +240,10 @@ def test_batches_hold_whole_runs_and_a_big_run_goes_in_one(sqlite_url: str) -> N
     assert stored(sqlite_url)[0] == {}
 
 
-@pytest.mark.parametrize("late", ["child", "outcome"])
-def test_a_run_written_to_during_its_prune_is_kept_whole(store_url: str, late: str) -> None:
-    """A late child or outcome arriving as the run is deleted rolls its deletion back whole."""
-    builder = TreeBuilder()
-    target = run(builder, 30)  # the oldest: the first transaction deletes it
-    others = [run(builder, days) for days in (10, 11)]
-    store(store_url, builder)
-    engine = create_store_engine(store_url)
-    writer = create_store_engine(store_url)
-    wrote: list[str] = []
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def write_late(*args: Any) -> None:
-        statement = args[2]
-        if not statement.startswith("DELETE FROM jobtrace_jobs") or wrote:
-            return
-        wrote.append(statement)
+def write_late(url: str, late: str, target: list[str]) -> None:
+    """A late child of ``target`` (``late="child"``) or a late failure of its grandchild."""
+    writer = create_store_engine(url)
+    try:
         with writer.begin() as conn:
             if late == "child":
                 conn.execute(
@@ -277,19 +264,79 @@ def test_a_run_written_to_during_its_prune_is_kept_whole(store_url: str, late: s
                     .where(Job.job_id == target[3])
                     .values(state="failed", updated_at=NOW)
                 )
+    finally:
+        writer.dispose()
+
+
+@pytest.mark.parametrize("late", ["child", "outcome"])
+def test_a_run_written_to_during_its_prune_is_kept_whole(store_url: str, late: str) -> None:
+    """A late child or outcome landing after the run was judged, before it goes, keeps it whole.
+
+    The write lands at the last moment a writer can get in: on SQLite just before prune takes
+    the write lock (``BEGIN IMMEDIATE``), on PostgreSQL just before its first ``DELETE``.
+    """
+    builder = TreeBuilder()
+    target = run(builder, 30)  # the oldest: the first transaction deletes it
+    others = [run(builder, days) for days in (10, 11)]
+    store(store_url, builder)
+    engine = create_store_engine(store_url)
+    first = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else "DELETE FROM jobtrace_jobs"
+    wrote: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def land_late(*args: Any) -> None:
+        statement = args[2]
+        if not statement.startswith(first) or wrote:
+            return
+        wrote.append(statement)
+        write_late(store_url, late, target)
 
     try:
         result = prune(engine, keep=7 * DAY, now=NOW, batch_size=1, pause=0)
     finally:
         engine.dispose()
-        writer.dispose()
 
+    assert wrote
     jobs, attempts = stored(store_url)
     expected = {*target, "late-child"} if late == "child" else set(target)
     assert set(jobs) == expected
     assert {key for key in attempts if key[0] in target} == {(job_id, 1) for job_id in target}
     assert (result.runs, result.changed) == (2, 1)
     assert not {job_id for other in others for job_id in other} & set(jobs)
+
+
+def test_a_write_during_a_sqlite_prune_transaction_waits_for_it(sqlite_url: str) -> None:
+    """On SQLite prune holds the write lock from its first statement: a late child sent meanwhile
+    waits for the commit (nothing half-deleted, nothing lost) and lands after its run went whole."""
+    builder = TreeBuilder()
+    target = run(builder, 30)
+    store(sqlite_url, builder)
+    engine = create_store_engine(sqlite_url)
+    writers: list[threading.Thread] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def write_meanwhile(*args: Any) -> None:
+        if not args[2].startswith("DELETE FROM jobtrace_jobs") or writers:
+            return
+        writer = threading.Thread(target=write_late, args=(sqlite_url, "child", target))
+        writers.append(writer)
+        writer.start()
+        writer.join(0.3)  # it would land now if prune did not hold the lock
+        assert writer.is_alive()
+
+    try:
+        result = prune(engine, keep=7 * DAY, now=NOW, batch_size=1, pause=0)
+    finally:
+        engine.dispose()
+        for writer in writers:
+            writer.join(30)
+
+    assert len(writers) == 1
+    assert not writers[0].is_alive()
+    jobs, attempts = stored(sqlite_url)
+    assert set(jobs) == {"late-child"}  # the run went whole; the late record starts it anew
+    assert not {key for key in attempts if key[0] in target}
+    assert (result.runs, result.jobs, result.changed) == (1, 4, 0)
 
 
 def test_two_prunes_at_once_delete_each_run_once(store_url: str) -> None:

@@ -6,7 +6,9 @@ none shows activity (any of its times) within its age limit, which depends on it
 its root job's name. Each transaction deletes a few whole runs under a per-row guard that the run
 is still old, then checks that nothing of those runs is left: a run that a writer touched in the
 meantime (a late child, a late outcome) is rolled back whole and kept. So prune is idempotent and
-safe from cron on any machine, beside writers, readers and another prune. See ``docs/lineage.md``.
+safe from cron on any machine, beside writers, readers and another prune. On SQLite, whose writers
+take turns on one write lock, a transaction takes the lock up front and prune holds it at most
+``SQLITE_LOCK_SHARE`` of the time (a duty cycle). See ``docs/lineage.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from jobtrace.records import FAILED_STATES, JobState
 __all__ = [
     "BATCH_SIZE",
     "PAUSE",
+    "SQLITE_LOCK_SHARE",
     "PruneResult",
     "RuleCount",
     "format_duration",
@@ -56,6 +59,10 @@ __all__ = [
 BATCH_SIZE = 1000
 #: Seconds to wait after each transaction, so writers and readers get the store in between.
 PAUSE = 0.1
+#: On SQLite, the most of the time a prune holds the store's one write lock: after a transaction
+#: that held it ``t`` seconds, the next one begins ``t / SQLITE_LOCK_SHARE`` seconds after this
+#: one began at the earliest (its reads and ``pause`` count toward the wait).
+SQLITE_LOCK_SHARE = 0.1
 
 JOBS: Table = Base.metadata.tables[Job.__tablename__]
 ATTEMPTS: Table = Base.metadata.tables[Attempt.__tablename__]
@@ -255,7 +262,8 @@ def prune(
         keep_failing_by_name: ``keep_failing`` for the runs of one root job name; default the
             longer of that name's ``keep`` and ``keep_failing``.
         batch_size: Jobs deleted per transaction, with their attempts (a bigger run alone).
-        pause: Seconds to wait after each transaction.
+        pause: Seconds to wait after each transaction, at least; on SQLite also until the
+            write lock was held at most :data:`SQLITE_LOCK_SHARE` of the time (none at all if 0).
         dry_run: Count what each rule would delete, delete nothing.
         now: The prune's "now" (tests); else this machine's clock.
         on_progress: Called with the totals so far after each transaction (each step of a dry run).
@@ -377,6 +385,9 @@ class _Pruner:
         self.pause = pause
         self.on_progress = on_progress
         self.postgres = engine.dialect.name == "postgresql"
+        self.sqlite = engine.dialect.name == "sqlite"
+        #: When (monotonic) the next SQLite write transaction may begin: the duty cycle.
+        self.next_lock = 0.0
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.unrooted = _Unrooted({}, {})
         self.pending: list[_Run] = []
@@ -457,9 +468,19 @@ class _Pruner:
     def _transaction(self, runs: list[_Run]) -> None:
         """Delete ``runs`` whole in one transaction, retried on a deadlock or a lock timeout."""
         for attempt in range(1, _ATTEMPTS + 1):
+            self._wait_turn()
             try:
-                with self.engine.begin() as conn:
-                    counts = self._delete(conn, runs)
+                with _connect(self.engine) as conn:
+                    if self.sqlite:
+                        counts = self._sqlite_transaction(conn, runs)
+                    else:
+                        with conn.begin():
+                            if self.postgres:  # prunes take turns; writers are not blocked
+                                conn.execute(
+                                    text("SELECT pg_advisory_xact_lock(:key)"),
+                                    {"key": _PG_LOCK_KEY},
+                                )
+                            counts = self._delete(conn, runs)
             except OperationalError:
                 if attempt == _ATTEMPTS:
                     raise
@@ -470,12 +491,46 @@ class _Pruner:
                     self.state.count(run, jobs, attempts)
             return
 
+    def _wait_turn(self) -> None:
+        """On SQLite, wait until the last transaction's hold is a small enough share of the time."""
+        if self.sqlite and self.pause:
+            wait = self.next_lock - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+
+    def _sqlite_transaction(self, conn: Connection, runs: list[_Run]) -> list[tuple[int, int]]:
+        """The transaction on SQLite: the write lock up front, the WAL checkpointed after it.
+
+        ``BEGIN IMMEDIATE`` takes the one write lock before the first statement (waiting for a
+        writer's transaction to end), so the duty cycle measures the time prune held the lock,
+        not the time it waited for it, and no write lands between the DELETEs and the check.
+        The pages the transaction wrote are copied back into the database by prune, after the
+        commit and outside the lock, not by the commit (which would count them as held) nor by
+        the next writer's commit (which would make the writer pay for them).
+        """
+        every = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        conn.commit()
+        locked: float | None = None
+        try:
+            with conn.begin():
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                locked = time.monotonic()
+                return self._delete(conn, runs)
+        finally:
+            if locked is not None:  # committed or rolled back: the lock was held till now
+                now = time.monotonic()
+                self.next_lock = locked + (now - locked) / SQLITE_LOCK_SHARE
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={int(every)}")
+            conn.commit()
+
     def _delete(self, conn: Connection, runs: list[_Run]) -> list[tuple[int, int]]:
-        """The DELETEs of one transaction; raises :class:`_Changed` if any run is left in part."""
-        if self.postgres:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        # The first statement writes: on SQLite it takes the write lock, so the check at the end
-        # sees every write that came before and none can come between.
+        """The DELETEs of one transaction; raises :class:`_Changed` if any run is left in part.
+
+        On SQLite the transaction holds the write lock already, so the check at the end sees
+        every write that came before and none can come between.
+        """
         by_cutoff: dict[datetime, list[_Run]] = {}
         for run in runs:
             by_cutoff.setdefault(self.state.cutoff(run), []).append(run)
