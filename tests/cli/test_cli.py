@@ -264,6 +264,25 @@ def test_db_upgrade_then_runs_on_a_fresh_store(
     assert (code, out) == (0, "no runs recorded\n")
 
 
+def test_runs_json_counts_jobs_not_due_yet_as_scheduled(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """runs --json says ``scheduled`` for queued jobs due later, as tree does, with its own key."""
+    url = f"sqlite:///{tmp_path / 'later.db'}"
+    engine = create_schema(url)
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=later)
+    builder.insert(engine)
+    engine.dispose()
+    code, out, _ = run_cli(capsys, "--database-url", url, "runs", "--json")
+    (run,) = json.loads(out)
+    assert code == 0
+    assert run["states"] == {"scheduled": 1, "succeeded": 1}
+    assert (run["scheduled"], run["active"], run["health"]) == (1, 0, "running")
+
+
 def test_runs_lists_runs_newest_first(
     capsys: pytest.CaptureFixture[str], cinema: tuple[str, TreeBuilder, CinemaRun]
 ) -> None:

@@ -317,6 +317,43 @@ def test_stage_counts_show_jobs_not_due_yet_as_scheduled(
     assert len(store.children(root, state="queued")) == 4  # the stored state: due or not
 
 
+def test_runs_count_jobs_not_due_yet_as_scheduled_like_the_tree(
+    store: LineageStore, engine: Engine
+) -> None:
+    """The runs list splits queued jobs due later out as ``scheduled``, as the stage tree does,
+    and a run with only those left still has work to do."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    for _ in range(2):
+        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=future)
+    builder.insert(engine)
+    (run,) = store.runs(5)
+    assert dict(run.states) == {SCHEDULED: 2, "succeeded": 1}
+    assert (run.scheduled, run.active, run.health) == (2, 0, "active")
+    (stage,) = [s for s in store.stage_tree(root).stages if s.name == "MoviePageJob"]
+    assert run.states[SCHEDULED] == stage.states[SCHEDULED]
+
+
+def test_run_statuses_give_each_run_its_stuck_stages_in_one_read(
+    store: LineageStore, engine: Engine
+) -> None:
+    """One store call serves the runs list of the CLI and of the dashboard: each run's summary
+    with its stuck stages (only runs with jobs to do are asked)."""
+    builder = TreeBuilder()
+    done = builder.job("SyncJob", enqueued=0)
+    builder.job("PageJob", done, enqueued=1)
+    stuck = builder.job("SyncJob", enqueued=10, started=11, finished=12)
+    builder.job("PageJob", stuck, state="queued", enqueued=12, queue="dead")
+    builder.insert(engine)
+    now = builder.start + timedelta(hours=1)
+    statuses = store.run_statuses(5, stuck_after=60, now=now)
+    assert [status.summary.root.job_id for status in statuses] == [stuck, done]
+    assert [s.name for s in statuses[0].stuck] == ["PageJob"]
+    assert statuses[1].stuck == ()
+    assert [status.summary for status in statuses] == store.runs(5, now=now)
+
+
 def test_overview_tells_scheduled_and_stuck_by_the_same_clock(
     store: LineageStore, engine: Engine
 ) -> None:

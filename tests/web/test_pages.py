@@ -412,3 +412,27 @@ def test_crashed_batches_show_their_document_ids_and_the_whole_args_one_click_aw
             assert f'<summary><code>{{"upload":"s…"document_ids":[{ids}]}}</code></summary>' in page
             assert f'"document_ids":[{ids}]}}</code></details>' in page
         assert path in page  # the whole args, inside <details>
+
+
+def test_runs_page_counts_jobs_not_due_yet_as_scheduled(sqlite_url: str) -> None:
+    """The runs page (and /api/runs) says ``scheduled`` for queued jobs due later, as the run
+    page's stage table does, not ``queued``."""
+    from datetime import datetime, timedelta, timezone
+
+    from tests.lineage.builders import TreeBuilder, create_schema
+
+    engine = create_schema(sqlite_url)
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="succeeded", enqueued=0, started=1, finished=2)
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    for _ in range(2):
+        builder.job("MoviePageJob", root, state="queued", enqueued=2, due_at=later)
+    builder.insert(engine)
+    engine.dispose()
+    with running(sqlite_url) as dashboard:
+        (run,) = dashboard.get("/api/runs").json()["runs"]
+        page = html.unescape(dashboard.get("/").body)
+    assert run["states"] == {"scheduled": 2, "succeeded": 1}
+    assert (run["scheduled"], run["active"], run["health"]) == (2, 0, "running")
+    assert "scheduled" in page
+    assert "queued" not in page

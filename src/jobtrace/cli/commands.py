@@ -144,19 +144,15 @@ def cmd_runs(ctx: Context) -> int:
     a = ctx.args
     store = ctx.store
     now = datetime.now(timezone.utc)
-    runs = []
-    for summary in store.runs(a.limit, name=a.name):
-        stuck = 0
-        if summary.active:  # a run with nothing to do cannot be stuck: no query for it
-            stuck = stuck_stage_count(
-                store.stuck_stages(summary.root.job_id, a.stuck_after, now=now, samples=1)
-            )
-        runs.append((summary, run_health(summary, stuck_stages=stuck)))
+    runs = [
+        (s.summary, run_health(s.summary, stuck_stages=stuck_stage_count(s.stuck)))
+        for s in store.run_statuses(a.limit, name=a.name, stuck_after=a.stuck_after, now=now)
+    ]
     if a.json:
         ctx.print_json(
             [
                 {
-                    **_with(summary, "failures", "active", "unknown"),
+                    **_with(summary, "failures", "active", "scheduled", "unknown"),
                     "health": health.state,
                     "failed_share": health.share,
                     "stuck_stages": health.stuck_stages,

@@ -76,6 +76,7 @@ from jobtrace.lineage.results import (
     Relation,
     RunDiff,
     RunReport,
+    RunStatus,
     RunSummary,
     Stage,
     StageCount,
@@ -117,6 +118,7 @@ __all__ = [
     "Relation",
     "RunDiff",
     "RunReport",
+    "RunStatus",
     "RunSummary",
     "Stage",
     "StageCount",
@@ -245,14 +247,30 @@ class LineageStore:
         with self.engine.connect() as conn:
             return ancestry.ancestors(conn, _job(conn, job_id), _limit(limit))
 
-    def runs(self, limit: int = 20, *, name: str | None = None) -> list[RunSummary]:
-        """The latest runs, each with its counts per state.
+    def runs(
+        self, limit: int = 20, *, name: str | None = None, now: datetime | None = None
+    ) -> list[RunSummary]:
+        """The latest runs, each with its counts per state (queued jobs due after ``now``
+        counted as :data:`SCHEDULED`, as in the stage tree).
 
         Roots are ordered by when they were enqueued, else started, else first heard of (a
         placeholder root, which no record of its own ever reached).
         """
         with self.engine.connect() as conn:
-            return runlist.runs(conn, limit, name)
+            return runlist.runs(conn, limit, name, now or _now())
+
+    def run_statuses(
+        self,
+        limit: int = 20,
+        *,
+        name: str | None = None,
+        stuck_after: float = STUCK_AFTER,
+        now: datetime | None = None,
+    ) -> list[RunStatus]:
+        """:meth:`runs`, each with its stuck stages, on one connection: what ``jobtrace runs``
+        and the dashboard's runs page judge health from (``jobtrace.display.run_health``)."""
+        with self.engine.connect() as conn:
+            return runlist.run_statuses(conn, limit, name, stuck_after, now or _now())
 
     def stage_stats(self, job_id: str) -> StageStats:
         """The per-stage table of the run ``job_id`` belongs to (the hot query: no recursion).

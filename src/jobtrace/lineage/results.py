@@ -44,6 +44,7 @@ __all__ = [
     "Relation",
     "RunDiff",
     "RunReport",
+    "RunStatus",
     "RunSummary",
     "Stage",
     "StageCount",
@@ -477,19 +478,39 @@ class RunSummary:
         return sum(self.states.get(state, 0) for state in ACTIVE)
 
     @property
+    def scheduled(self) -> int:
+        """Queued jobs not due yet (``scheduled``, as the stage tree counts them): not active,
+        still to do."""
+        return self.states.get(SCHEDULED, 0)
+
+    @property
     def unknown(self) -> int:
         """Jobs the store cannot tell about: never recorded (a placeholder) or lost track of."""
         return self.states.get(UNKNOWN, 0)
 
     @property
     def health(self) -> Literal["failing", "active", "ok"]:
-        """``failing`` when anything failed, else ``active`` while jobs remain, else ``ok``.
+        """``failing`` when anything failed, else ``active`` while jobs remain (scheduled ones
+        too), else ``ok``.
 
         Unknown jobs count as neither: see :attr:`unknown`.
         """
         if self.failures:
             return "failing"
-        return "active" if self.active else "ok"
+        return "active" if self.active or self.scheduled else "ok"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One run of the runs list with its stuck stages, what its health is judged from.
+
+    Attributes:
+        stuck: Its stuck stages per queue, as :meth:`LineageStore.stuck_stages` lists them (with
+            one sample job each); empty for a run with no job waiting or running.
+    """
+
+    summary: RunSummary
+    stuck: tuple[StuckStage, ...]
 
 
 @dataclass(frozen=True)

@@ -21,24 +21,36 @@ from jobtrace.lineage._sql import (
     _error,
     _job_rows,
     _most_common,
+    _not_due,
+    _now,
     _scope,
 )
 from jobtrace.lineage.results import (
     FAILURES,
+    SCHEDULED,
     ErrorCount,
     JobRow,
+    RunStatus,
     RunSummary,
     StageSide,
+    StuckStage,
 )
+from jobtrace.records import JobState
 
 __all__ = [
+    "run_statuses",
     "runs",
     "stage_sides",
 ]
 
 
-def runs(conn: Connection, limit: int, name: str | None = None) -> list[RunSummary]:
-    """The latest ``limit`` root jobs with their counts per state over the whole run."""
+def runs(
+    conn: Connection, limit: int, name: str | None = None, now: datetime | None = None
+) -> list[RunSummary]:
+    """The latest ``limit`` root jobs with their counts per state over the whole run.
+
+    Queued jobs not due yet (at ``now``) count as :data:`SCHEDULED`, as in the stage tree.
+    """
     # ``depth = 0`` as a literal: the partial indexes of roots (revision 0005) must see it.
     roots_stmt = select(JOBS).where(JOBS.c.depth == literal_column("0"))
     if name is not None:
@@ -73,6 +85,8 @@ def runs(conn: Connection, limit: int, name: str | None = None) -> list[RunSumma
     )
     for root_id, state, count in conn.execute(stmt):
         counts[root_id][state] = int(count)
+    if any(JobState.QUEUED.value in states for states in counts.values()):
+        _split_scheduled(conn, counts, now or _now())
     return [
         RunSummary(
             root, sum(counts[root.job_id].values()), dict(sorted(counts[root.job_id].items()))
@@ -125,3 +139,37 @@ def _error_counts(conn: Connection, jobs: Subquery) -> dict[tuple[int, str], Cou
     for depth, name, error_text, count in conn.execute(stmt):
         errors[(_depth(depth), name)][error_text] = int(count)
     return errors
+
+
+def _split_scheduled(conn: Connection, counts: dict[str, dict[str, int]], now: datetime) -> None:
+    """Move each run's queued jobs not due yet to :data:`SCHEDULED`, in ``counts``: a small read
+    of the partial ``(root_job_id, due_at)`` index, as for the stage table."""
+    not_due = (
+        select(JOBS.c.root_job_id, func.count())
+        .where(JOBS.c.root_job_id.in_(sorted(counts)), _not_due(JOBS, now))
+        .group_by(JOBS.c.root_job_id)
+    )
+    queued = JobState.QUEUED.value
+    for root_id, count in conn.execute(not_due):
+        states = counts[root_id]
+        scheduled = min(int(count), states.get(queued, 0))  # never below zero
+        if scheduled:
+            states[SCHEDULED] = scheduled
+            states[queued] -= scheduled
+            if not states[queued]:
+                del states[queued]
+
+
+def run_statuses(
+    conn: Connection, limit: int, name: str | None, stuck_after: float, now: datetime
+) -> list[RunStatus]:
+    """The latest runs (:func:`runs`), each with its stuck stages: the runs list of the CLI and
+    of the dashboard. Only runs with jobs waiting or running are checked (one sample each)."""
+    statuses = []
+    for summary in runs(conn, limit, name, now):
+        stuck: tuple[StuckStage, ...] = ()
+        if summary.active:
+            jobs = _scope(summary.root)
+            stuck = tuple(runshape.stuck_stages(conn, jobs, stuck_after, now, 1))
+        statuses.append(RunStatus(summary, stuck))
+    return statuses

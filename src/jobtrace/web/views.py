@@ -278,14 +278,12 @@ def runs_view(store: LineageStore, limit: int, name: str | None, as_of: datetime
 
     Only runs with jobs still to do are asked for stuck stages: a finished run cannot be stuck.
     """
-    entries = []
-    for summary in store.runs(limit, name=name):
-        stuck = 0
-        if summary.active:
-            stuck = stuck_stage_count(
-                store.stuck_stages(summary.root.job_id, STUCK_AFTER, now=as_of, samples=1)
-            )
-        entries.append(RunEntry(summary, run_health(summary, stuck_stages=stuck)))
+    entries = [
+        RunEntry(
+            status.summary, run_health(status.summary, stuck_stages=stuck_stage_count(status.stuck))
+        )
+        for status in store.run_statuses(limit, name=name, stuck_after=STUCK_AFTER, now=as_of)
+    ]
     return RunsView(tuple(entries), limit, name, as_of)
 
 
@@ -378,7 +376,7 @@ def _document(view: View, links: Links) -> dict[str, Any]:
         return {
             "runs": [
                 {
-                    **_with(entry.summary, "failures", "active"),
+                    **_with(entry.summary, "failures", "active", "scheduled"),
                     **_health(entry.health),
                     "trace_url": _run_trace(entry, links, view.as_of),
                 }
