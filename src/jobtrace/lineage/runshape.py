@@ -191,9 +191,11 @@ class RunGroups:
         # Per stage with failures, so each is an index range of its failed jobs only: one read
         # for the counts per error, their first and last finish and their first jobs.
         for depth, name in sorted(failed_stages):
+            # Narrow rows to rank (the failed jobs' ids, errors and finishes); only the first
+            # few of each error are joined back for what a sample shows.
             ranked = (
                 select(
-                    *(c[column] for column in _SAMPLE_COLUMNS),
+                    c.job_id.label("ranked_id"),
                     error,
                     func.count().over(partition_by=by_error).label("jobs"),
                     func.min(c.finished_at).over(partition_by=by_error).label("first_at"),
@@ -203,13 +205,16 @@ class RunGroups:
                 .where(_at_depth(jobs, depth), c.name == name, c.state.in_(FAILURES))
                 .subquery("ranked")
             )
+            failed = JOBS.alias("failed")
             failed_stmt = (
                 select(
                     ranked,
+                    *(failed.c[column] for column in _SAMPLE_COLUMNS),
                     parent.c.name.label("parent_name"),
                     parent.c.args.label("parent_args"),
                 )
-                .outerjoin(parent, parent.c.job_id == ranked.c.parent_job_id)
+                .join(failed, failed.c.job_id == ranked.c.ranked_id)
+                .outerjoin(parent, parent.c.job_id == failed.c.parent_job_id)
                 .where(ranked.c.n <= max(samples, 1))
                 .order_by(ranked.c.error, ranked.c.n)
             )
