@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -134,6 +135,23 @@ def test_encode_and_decode_keep_every_field() -> None:
     for span in spans:
         again = decode(encode(span))
         assert again.to_json() == span.to_json()
+
+
+def test_spans_of_one_resource_decode_to_one_resource() -> None:
+    """The parent builds a child's resource once, not per span (it was most of a decode)."""
+    provider = TracerProvider(resource=Resource({"service.name": "once", "tags": ["a", "b"]}))
+    spans: list[ReadableSpan] = []
+
+    class Collect(SpanExporter):
+        def export(self, batch: Sequence[ReadableSpan]) -> SpanExportResult:
+            spans.extend(batch)
+            return SpanExportResult.SUCCESS
+
+    provider.add_span_processor(SimpleSpanProcessor(Collect()))
+    job_spans(provider, 3)
+    decoded = [decode(pickle.loads(pickle.dumps(encode(span)))) for span in spans]
+    assert len({id(span.resource) for span in decoded}) == 1
+    assert decoded[0].resource.attributes == spans[0].resource.attributes
 
 
 def test_spans_a_child_could_not_send_go_out_with_its_flush(tmp_path: Path) -> None:

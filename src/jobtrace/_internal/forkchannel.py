@@ -14,6 +14,7 @@ with its own. Sending never blocks: a full socket or a parent gone makes :func:`
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (imported for its fork hooks; see below)
 import contextlib
 import logging
 import os
@@ -24,6 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("jobtrace")
+
+# OpenTelemetry's SDK (1.45) re-detects its resource in every forked child with a thread pool. If
+# ``concurrent.futures.thread`` is first imported after a TracerProvider was made, its fork hook
+# (which frees the pool's global lock in the child) runs after the provider's, and every forked
+# child (an RQ work horse) hangs there for good. Importing it with jobtrace puts its hook first.
 
 _RECEIVE_SIZE = 4 * 1024 * 1024
 
@@ -77,16 +83,20 @@ class _Channel:
 
     def read(self) -> None:
         end = self.parent_end
+        # One buffer for the thread's life: ``recv(4 MiB)`` would allocate (and fault in) 4 MiB
+        # for every datagram, ~20 µs each, which a busy parent (Celery's main process) pays per
+        # span and measurement.
+        buffer = bytearray(_RECEIVE_SIZE)
         while end is not None:
             try:
-                data = end.recv(_RECEIVE_SIZE)
+                size = end.recv_into(buffer)
             except InterruptedError:
                 continue
             except OSError:
                 return  # closed
-            self.dispatch(data)
+            self.dispatch(memoryview(buffer)[:size])
 
-    def dispatch(self, data: bytes) -> None:
+    def dispatch(self, data: bytes | memoryview) -> None:
         with self.dispatching:
             try:
                 kind, payload = pickle.loads(data)
@@ -97,12 +107,13 @@ class _Channel:
     def drain(self) -> None:
         """Dispatch what children sent and the reader has not taken yet (before an exit flush)."""
         end = self.parent_end
+        buffer = bytearray(_RECEIVE_SIZE)  # not the reader's: the two may run at once
         while end is not None and not self.in_child:
             try:
-                data = end.recv(_RECEIVE_SIZE, socket.MSG_DONTWAIT)
+                size = end.recv_into(buffer, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError, OSError):
                 return
-            self.dispatch(data)
+            self.dispatch(memoryview(buffer)[:size])
 
     def after_fork_in_child(self) -> None:
         self.dispatching = threading.Lock()

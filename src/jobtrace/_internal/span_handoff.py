@@ -86,6 +86,55 @@ def _span_context(data: _Context | None) -> SpanContext | None:
     return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), TraceState(list(state)))
 
 
+_Resource = tuple[tuple[tuple[str, Any], ...], str]
+_Scope = tuple[str, str | None, str | None]
+
+# A process's spans share one resource and a few scopes: each is taken apart (in a child) and
+# rebuilt (in the parent) once, not per span; building a ``Resource`` was two thirds of a decode.
+_encoded_resources: dict[int, tuple[Resource, _Resource]] = {}
+_decoded_resources: dict[_Resource, Resource] = {}
+_decoded_scopes: dict[_Scope, InstrumentationScope] = {}
+_CACHE_LIMIT = 64  # distinct resources or scopes kept; past it, new ones are built each time
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _encode_resource(resource: Resource) -> _Resource:
+    cached = _encoded_resources.get(id(resource))
+    if cached is not None and cached[0] is resource:
+        return cached[1]
+    encoded = (
+        tuple((key, _hashable(value)) for key, value in resource.attributes.items()),
+        resource.schema_url,
+    )
+    if len(_encoded_resources) < _CACHE_LIMIT:
+        _encoded_resources[id(resource)] = (resource, encoded)  # holding it keeps its id unique
+    return encoded
+
+
+def _decode_resource(data: _Resource) -> Resource:
+    try:
+        cached = _decoded_resources.get(data)
+    except TypeError:  # a value that does not hash (a nested list): built each time
+        return Resource(dict(data[0]), data[1])
+    if cached is None:
+        cached = Resource(dict(data[0]), data[1])
+        if len(_decoded_resources) < _CACHE_LIMIT:
+            _decoded_resources[data] = cached
+    return cached
+
+
+def _decode_scope(data: _Scope) -> InstrumentationScope:
+    cached = _decoded_scopes.get(data)
+    if cached is None:
+        cached = InstrumentationScope(*data)
+        if len(_decoded_scopes) < _CACHE_LIMIT:
+            _decoded_scopes[data] = cached
+    return cached
+
+
 def encode(span: ReadableSpan) -> tuple[Any, ...]:
     """``span`` as tuples, dicts and numbers (its attributes' locks do not pickle)."""
     scope = span.instrumentation_scope
@@ -100,8 +149,7 @@ def encode(span: ReadableSpan) -> tuple[Any, ...]:
         (span.status.status_code.value, span.status.description),
         span.start_time,
         span.end_time,
-        dict(span.resource.attributes),
-        span.resource.schema_url,
+        _encode_resource(span.resource),
         None if scope is None else (scope.name, scope.version, scope.schema_url),
     )
 
@@ -119,15 +167,14 @@ def decode(data: tuple[Any, ...]) -> ReadableSpan:
         (status_code, description),
         start_time,
         end_time,
-        resource_attributes,
-        schema_url,
+        resource,
         scope,
     ) = data
     return ReadableSpan(
         name=name,
         context=_span_context(context),
         parent=_span_context(parent),
-        resource=Resource(resource_attributes, schema_url),
+        resource=_decode_resource(resource),
         attributes=attributes,
         events=[Event(event, attrs, timestamp) for event, attrs, timestamp in events],
         links=[
@@ -138,5 +185,5 @@ def decode(data: tuple[Any, ...]) -> ReadableSpan:
         status=Status(StatusCode(status_code), description),
         start_time=start_time,
         end_time=end_time,
-        instrumentation_scope=None if scope is None else InstrumentationScope(*scope),
+        instrumentation_scope=None if scope is None else _decode_scope(scope),
     )

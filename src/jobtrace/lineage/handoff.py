@@ -96,14 +96,15 @@ class Handoff:
         """Take in whatever children sent so far, without waiting (before a flush)."""
         if self._thread is None:
             return
+        buffer = bytearray(_RECEIVE_SIZE)  # not the reader's: the two may run at once
         while True:
             try:
-                data = self._parent.recv(_RECEIVE_SIZE, socket.MSG_DONTWAIT)
+                size = self._parent.recv_into(buffer, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
-            self._handle(data)
+            self._handle(memoryview(buffer)[:size])
 
     def close(self) -> None:
         self._closed = True
@@ -112,16 +113,18 @@ class Handoff:
                 end.close()
 
     def _read(self) -> None:
+        # One buffer for the thread's life: ``recv(4 MiB)`` allocates 4 MiB per datagram.
+        buffer = bytearray(_RECEIVE_SIZE)
         while not self._closed:
             try:
-                data = self._parent.recv(_RECEIVE_SIZE)
+                size = self._parent.recv_into(buffer)
             except InterruptedError:
                 continue
             except OSError:
                 return  # closed
-            self._handle(data)
+            self._handle(memoryview(buffer)[:size])
 
-    def _handle(self, data: bytes) -> None:
+    def _handle(self, data: bytes | memoryview) -> None:
         try:
             kind, payload = pickle.loads(data)
             if kind == "records":
