@@ -182,3 +182,46 @@ def test_an_analyzed_sqlite_store_gets_statistics_of_the_run_page_indexes(
         if analyzed:
             run_page = {"ix_jobtrace_jobs_stage_queues", "ix_jobtrace_jobs_stage_parents"}
             assert {*run_page, "ix_jobtrace_jobs_run_traces"} <= indexes  # 0008's too
+
+
+def test_revision_0009_drops_the_stage_state_index_and_counts_stay_index_only(
+    tmp_path: Path,
+) -> None:
+    """An 0008 store upgraded to 0009 keeps its rows, loses the (root, depth, name, state) index
+    every record paid for, and a run's counts per stage and state read the wider stage-list index
+    alone."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = store.create_store_engine(url)
+    config = Config()
+    config.set_main_option("script_location", "jobtrace.lineage:migrations")
+    gone = "ix_jobtrace_jobs_root_job_id_depth_name_state"
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0008")
+            conn.exec_driver_sql(
+                "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
+                " VALUES ('r', 'SyncJob', 'queued', 1, 'r', 0)"
+            )
+            assert conn.exec_driver_sql(
+                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
+            ).first()
+        store.upgrade(url)
+        with engine.connect() as conn:
+            assert store.current_revision(conn) == "0009"
+            assert not conn.exec_driver_sql(
+                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
+            ).first()
+            assert conn.exec_driver_sql("SELECT count(*) FROM jobtrace_jobs").scalar() == 1
+            plan = " ".join(
+                str(row[-1])
+                for row in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT depth, name, state, count(*) FROM jobtrace_jobs"
+                    " WHERE root_job_id = 'r' GROUP BY depth, name, state"
+                )
+            )
+    finally:
+        engine.dispose()
+    assert "COVERING INDEX ix_jobtrace_jobs_stage_list" in plan, plan

@@ -90,7 +90,6 @@ class Job(Base):
     lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        Index(None, "root_job_id", "depth", "name", "state"),
         Index(None, "parent_job_id", "state"),
         Index(None, "state", "heartbeat_at"),
         Index(None, "depth", "enqueued_at"),
