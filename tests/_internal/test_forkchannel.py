@@ -101,3 +101,20 @@ def test_without_the_hand_off_a_child_keeps_its_own_metrics(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert telemetry.in_forked_child() is False
+
+
+def test_closing_the_channel_warns_of_nothing_lost(caplog: pytest.LogCaptureFixture) -> None:
+    """close() wakes the reader with an empty read: that is the end, not a lost hand-over."""
+    forkchannel.reset()
+    forkchannel.handle("test", lambda payload: None)
+    pid = os.fork()  # opens the channel and starts its reader
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    os.waitpid(pid, 0)
+    reader = forkchannel._channel.reader
+    assert reader is not None
+    with caplog.at_level("WARNING", logger="jobtrace"):
+        forkchannel.reset()
+        reader.join(5)
+    assert not reader.is_alive()
+    assert "lost" not in caplog.text

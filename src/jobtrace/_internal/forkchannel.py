@@ -94,6 +94,8 @@ class _Channel:
                 continue
             except OSError:
                 return  # closed
+            if not size:
+                return  # shut down by close(): children never send an empty datagram
             self.dispatch(memoryview(buffer)[:size])
 
     def dispatch(self, data: bytes | memoryview) -> None:
