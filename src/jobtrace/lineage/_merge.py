@@ -24,6 +24,7 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import compress
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, case, func, literal_column
@@ -444,11 +445,14 @@ class _Prepared:
     whole batch as one JSON parameter (``jsonb_array_elements``): one round trip, one parse and
     one C-speed encoding per batch (array parameters were dumped value by value in Python, at
     more than half the cost of a write; objects with keys took twice as long to encode). SQLite
-    gets one ``executemany`` of the row tuples.
+    gets one ``executemany`` per set of empty columns (:func:`_by_nulls`): those are ``NULL`` in
+    the statement's text, not parameters.
     """
 
     sql: str
     as_json: bool  # PostgreSQL: the batch as one JSON array of rows
+    head: str  # ``INSERT INTO t (columns) `` for the statements with NULL literals (SQLite)
+    tail: str  # `` ON CONFLICT ...``
 
 
 _prepared: dict[tuple[str, str], _Prepared] = {}
@@ -468,7 +472,8 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
     else:  # a row per array element, each value cast to its column's type (jsonb: O(1) index)
         casts = [f"(r->>{i})::{c.type.compile(dialect)}" for i, c in enumerate(table.columns)]
         source = f"SELECT {', '.join(casts)} FROM jsonb_array_elements(%s::jsonb) AS r"
-    prepared = _Prepared(sql=head + source + sql[sql.index(" ON CONFLICT") :], as_json=not sqlite)
+    tail = sql[sql.index(" ON CONFLICT") :]
+    prepared = _Prepared(sql=head + source + tail, as_json=not sqlite, head=head, tail=tail)
     _prepared[(dialect.name, table.name)] = prepared
     return prepared
 
@@ -479,8 +484,58 @@ def _execute(conn: Connection, table: Table, rows: list[Values]) -> None:
     prepared = _prepare(conn.dialect, table)
     if prepared.as_json:
         conn.exec_driver_sql(prepared.sql, (_json(rows),))
+        return
+    for nulls, group in _by_nulls(rows).items():
+        sql, keep = _null_statement(prepared, table, nulls)
+        if keep is not None:
+            group = [tuple(compress(row, keep)) for row in group]
+        conn.exec_driver_sql(sql, group)
+
+
+_NONES: tuple[None, ...] = (None,) * 64
+
+
+def _by_nulls(rows: list[Values]) -> dict[tuple[bool, ...], list[Values]]:
+    """``rows`` grouped by which of their values are ``None``.
+
+    SQLite's driver passes every ``None`` parameter through its adapter lookup (it binds other
+    values at once), at a fifth of the upsert's time when most columns are empty: a group's
+    statement writes its empty columns as ``NULL`` instead. A batch has one row per job (or
+    attempt), so the groups' order does not change what is stored; SQLite has a single writer,
+    so it cannot change the locks' order either.
+    """
+    nones = _NONES[: len(rows[0])]
+    groups: dict[tuple[bool, ...], list[Values]] = {}
+    for row in rows:
+        nulls = tuple(map(operator.is_, row, nones))
+        group = groups.get(nulls)
+        if group is None:
+            groups[nulls] = [row]
+        else:
+            group.append(row)
+    return groups
+
+
+_MAX_NULL_STATEMENTS = 256
+_null_statements: dict[tuple[str, tuple[bool, ...]], tuple[str, tuple[bool, ...] | None]] = {}
+
+
+def _null_statement(
+    prepared: _Prepared, table: Table, nulls: tuple[bool, ...]
+) -> tuple[str, tuple[bool, ...] | None]:
+    """The SQLite upsert of rows empty where ``nulls`` says, and which values it binds."""
+    cached = _null_statements.get((table.name, nulls))
+    if cached is not None:
+        return cached
+    if not any(nulls):
+        result: tuple[str, tuple[bool, ...] | None] = (prepared.sql, None)
     else:
-        conn.exec_driver_sql(prepared.sql, rows)
+        values = ", ".join("NULL" if null else "?" for null in nulls)
+        keep = tuple(not null for null in nulls)
+        result = (f"{prepared.head}VALUES ({values}){prepared.tail}", keep)
+    if len(_null_statements) < _MAX_NULL_STATEMENTS:
+        _null_statements[(table.name, nulls)] = result
+    return result
 
 
 def _json(rows: list[Values]) -> str:
