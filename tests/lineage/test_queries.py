@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -433,6 +434,138 @@ def test_failures_ignore_an_empty_error_type_as_the_job_row_does(
     (group,) = store.failures(root)
     assert group.error == "movie_not_ready"
     assert group.error == store.job(failed).error
+
+
+def test_failures_pin_counts_bounds_and_first_jobs_per_error(
+    store: LineageStore, engine: Engine
+) -> None:
+    """The run page's failures read, pinned on a small store: per stage and error its count,
+    first and last finish, and its first jobs by finish (a job without one last, ties by id),
+    each with its parent; a stage's errors are ranked apart from another stage's."""
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="running", args={"run": 1})
+    page_a = builder.job("PageJob", root, args={"page": "a"}, job_id="page-a")
+    page_b = builder.job("PageJob", root, args={"page": "b"}, job_id="page-b")
+    builder.job("DetailJob", page_a, job_id="ok-1")
+
+    def failed(job_id: str, parent: str, finished: float | None, **columns: Any) -> None:
+        state = columns.pop("state", "discarded")
+        if finished is None:
+            columns["finished_at"] = None  # the builder would make one up
+        builder.job(
+            "DetailJob",
+            parent,
+            state=state,
+            job_id=job_id,
+            started=1.0,
+            finished=finished,
+            args={"id": job_id},
+            **columns,
+        )
+
+    failed("t-3", page_a, 30, error_type="TimeoutError", error_message="late 3")
+    failed("t-1", page_b, 10, error_type="TimeoutError", error_message="late 1")
+    failed("t-2b", page_a, 20, error_type="TimeoutError")
+    failed("t-2a", page_b, 20, error_type="TimeoutError")
+    failed("t-none", page_a, None, error_type="TimeoutError")
+    failed("v-1", page_b, 15, state="failed", error_type="ValueError")
+    failed("c-1", page_a, 40, state="crashed")
+    failed("r-1", page_b, 5, error_type="", reason="not_ready")
+    builder.job(
+        "PageJob", root, state="failed", job_id="page-c", finished=50, error_type="ValueError"
+    )
+    builder.insert(engine)
+    report = store.run_report(root, samples=3)
+    found = [
+        (
+            g.depth,
+            g.name,
+            g.error,
+            g.count,
+            g.first_at,
+            g.last_at,
+            [(s.job_id, s.state, s.parent_job_id, s.parent_name, s.parent_args) for s in g.samples],
+        )
+        for g in report.overview.failures
+    ]
+    at = builder.at
+    args_a, args_b = '{"page":"a"}', '{"page":"b"}'
+    assert found == [
+        (
+            2,
+            "DetailJob",
+            "TimeoutError",
+            5,
+            at(10),
+            at(30),
+            [
+                ("t-1", "discarded", page_b, "PageJob", args_b),
+                ("t-2a", "discarded", page_b, "PageJob", args_b),
+                ("t-2b", "discarded", page_a, "PageJob", args_a),
+            ],
+        ),
+        (
+            1,
+            "PageJob",
+            "ValueError",
+            1,
+            at(50),
+            at(50),
+            [
+                ("page-c", "failed", root, "SyncJob", '{"run":1}'),
+            ],
+        ),
+        (
+            2,
+            "DetailJob",
+            "ValueError",
+            1,
+            at(15),
+            at(15),
+            [
+                ("v-1", "failed", page_b, "PageJob", args_b),
+            ],
+        ),
+        (
+            2,
+            "DetailJob",
+            "crashed",
+            1,
+            at(40),
+            at(40),
+            [
+                ("c-1", "crashed", page_a, "PageJob", args_a),
+            ],
+        ),
+        (
+            2,
+            "DetailJob",
+            "not_ready",
+            1,
+            at(5),
+            at(5),
+            [
+                ("r-1", "discarded", page_b, "PageJob", args_b),
+            ],
+        ),
+    ]
+    (one,) = [g for g in report.overview.failures if g.error == "TimeoutError"]
+    assert (one.samples[0].error_message, one.samples[0].finished_at) == ("late 1", at(10))
+    assert one.samples[0].args == '{"id":"t-1"}'
+    # A job without a finish comes after every finished one: all five when asked for five.
+    five = store.failures(root, samples=5)[0]
+    assert [s.job_id for s in five.samples] == ["t-1", "t-2a", "t-2b", "t-3", "t-none"]
+    failing = {
+        (f.depth, f.name): (f.failures, [(e.error, e.count) for e in f.errors])
+        for f in report.overview.failing
+    }
+    assert failing == {
+        (1, "PageJob"): (1, [("ValueError", 1)]),
+        (2, "DetailJob"): (
+            8,
+            [("TimeoutError", 5), ("ValueError", 1), ("crashed", 1), ("not_ready", 1)],
+        ),
+    }
 
 
 def test_progress_counts_crashed_children_as_done(store: LineageStore, engine: Engine) -> None:
@@ -968,3 +1101,37 @@ def test_the_run_page_counts_come_from_indexes_alone_on_sqlite(
             )
             assert f"COVERING INDEX {index}" in plan, plan
             assert "TEMP B-TREE" not in plan, plan
+
+
+def test_the_failures_read_sorts_a_stages_failed_jobs_once_on_sqlite(
+    store: LineageStore, engine: Engine
+) -> None:
+    """The failures' windows all partition by one column of the narrow rows: SQLite sorts the
+    failed jobs once for all four, not once per window (the error's expression, written out
+    in each window with its own bound parameters, looked like four partitions to it)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plans")
+    from sqlalchemy import event
+
+    builder = TreeBuilder()
+    root = builder.job("SyncJob", state="running")
+    for n in range(4):
+        builder.job("DetailJob", root, state="discarded", error_type=f"E{n % 2}", finished=n)
+    builder.insert(engine)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, stmt: str, params: Any, context: Any, many: bool) -> None:
+        if "ranked" in stmt:
+            seen.append((stmt, params))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        assert [g.count for g in store.run_report(root).overview.failures] == [2, 2]
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    ((stmt, params),) = seen
+    with engine.connect() as conn:
+        plan = [str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params)]
+    sorts = [step for step in plan if step.startswith("USE TEMP B-TREE")]
+    # One for the windows, one for the answer's order (the old read had five).
+    assert len(sorts) == 2, plan

@@ -184,27 +184,30 @@ class RunGroups:
         errors: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
         failures: dict[tuple[int, str, str], list[Any]] = {}
         picked: dict[tuple[int, str, str], list[FailureSample]] = defaultdict(list)
-        error = _error(jobs).label("error")
-        by_error = _error(jobs)
-        first_jobs = (c.finished_at.asc().nulls_last(), c.job_id)
         parent = JOBS.alias("parent")
         # Per stage with failures, so each is an index range of its failed jobs only: one read
         # for the counts per error, their first and last finish and their first jobs.
         for depth, name in sorted(failed_stages):
             # Narrow rows to rank (the failed jobs' ids, errors and finishes); only the first
-            # few of each error are joined back for what a sample shows.
-            ranked = (
-                select(
-                    c.job_id.label("ranked_id"),
-                    error,
-                    func.count().over(partition_by=by_error).label("jobs"),
-                    func.min(c.finished_at).over(partition_by=by_error).label("first_at"),
-                    func.max(c.finished_at).over(partition_by=by_error).label("last_at"),
-                    func.row_number().over(partition_by=by_error, order_by=first_jobs).label("n"),
-                )
+            # few of each error are joined back for what a sample shows. The error is a column
+            # of the narrow rows, so every window partitions by the same column: written out
+            # in each window, its bound parameters made SQLite see four different partitions
+            # and sort the failed jobs four times (SQLite 25 -> 11 ms on 1,980 failures).
+            errored = (
+                select(c.job_id, _error(jobs).label("error"), c.finished_at)
                 .where(_at_depth(jobs, depth), c.name == name, c.state.in_(FAILURES))
-                .subquery("ranked")
+                .subquery("errored")
             )
+            e = errored.c
+            first_jobs = (e.finished_at.asc().nulls_last(), e.job_id)
+            ranked = select(
+                e.job_id.label("ranked_id"),
+                e.error,
+                func.count().over(partition_by=e.error).label("jobs"),
+                func.min(e.finished_at).over(partition_by=e.error).label("first_at"),
+                func.max(e.finished_at).over(partition_by=e.error).label("last_at"),
+                func.row_number().over(partition_by=e.error, order_by=first_jobs).label("n"),
+            ).subquery("ranked")
             failed = JOBS.alias("failed")
             failed_stmt = (
                 select(
