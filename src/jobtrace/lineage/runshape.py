@@ -192,7 +192,7 @@ class RunGroups:
             # few of each error are joined back for what a sample shows. The error is a column
             # of the narrow rows, so every window partitions by the same column: written out
             # in each window, its bound parameters made SQLite see four different partitions
-            # and sort the failed jobs four times (SQLite 25 -> 11 ms on 1,980 failures).
+            # and sort the failed jobs four times (SQLite 14 -> 8.5 ms on 1,980 failures).
             errored = (
                 select(c.job_id, _error(jobs).label("error"), c.finished_at)
                 .where(_at_depth(jobs, depth), c.name == name, c.state.in_(FAILURES))
