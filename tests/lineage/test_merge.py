@@ -333,3 +333,24 @@ def test_rows_with_different_empty_columns_in_one_batch_are_each_stored_whole(
         None,
         None,
     )
+
+
+RANKED = [JobState.UNKNOWN, JobState.QUEUED, JobState.STALLED, JobState.RUNNING]
+RANKED += [JobState.CRASHED, JobState.SUCCEEDED, JobState.FAILED]
+
+
+@pytest.mark.parametrize("stored", RANKED)
+@pytest.mark.parametrize("incoming", RANKED)
+def test_within_an_attempt_the_state_further_along_wins_whichever_came_first(
+    engine: Engine, stored: JobState, incoming: JobState
+) -> None:
+    """SQLite's upsert is one statement per rank of the incoming rows, which tests the stored
+    row's rank only: every pair of ranks still merges as the rules say (a tie: the later wins),
+    the job row and the attempt row alike."""
+    write(engine, [record("started", stored, host="first")])
+    write(engine, [record("finished", incoming, host="second")], now=T + 1)
+    advances = _merge.rank(incoming.value) >= _merge.rank(stored.value)
+    row = job(engine)
+    assert row["state"] == (incoming if advances else stored).value
+    assert row["host"] == ("second" if advances else "first")
+    assert attempts(engine) == [(1, row["state"])]

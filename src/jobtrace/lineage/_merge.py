@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from itertools import compress
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, func, literal_column
+from sqlalchemy import ColumnElement, Table, and_, case, false, func, literal_column, or_, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
@@ -379,7 +379,7 @@ _ATTEMPT_ONLY_FIELDS = ("enqueued_at", *ATTEMPT_FIELDS)
 
 Insert = Callable[[Table], Any]
 _INSERTS: dict[str, Insert] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-_statements: dict[tuple[str, str], Any] = {}
+_statements: dict[tuple[str, str, int | None], Any] = {}
 
 
 def _rank_sql(state: ColumnElement[str]) -> ColumnElement[int]:
@@ -391,8 +391,28 @@ def _rank_sql(state: ColumnElement[str]) -> ColumnElement[int]:
     return case(*whens, else_=literal_column(str(OUTCOME_RANK)))
 
 
-def _upsert(dialect: str, table: Table) -> Any:
-    cached = _statements.get((dialect, table.name))
+def _advances(new_rank: int | None, new: Any, old: Any) -> ColumnElement[bool]:
+    """Whether the incoming row is as far along its attempt as the stored one, or further.
+
+    With the incoming rows' rank known (a statement per rank, SQLite), only the stored state is
+    tested, at most once: an outcome is as far as any (rank 4 is the highest), another rank is
+    as far as the states ranked at most as high.
+    """
+    if new_rank is None:
+        return _rank_sql(new.state) >= _rank_sql(old.state)
+    if new_rank >= OUTCOME_RANK:
+        return true()
+    behind: list[ColumnElement[str]] = [
+        literal_column(f"'{name}'") for name, rank in RANKS.items() if rank <= new_rank
+    ]
+    # Equalities, not IN: SQLite builds an IN list's lookup table again for every row.
+    return or_(*(old.state == name for name in behind)) if behind else false()
+
+
+def _upsert(dialect: str, table: Table, new_rank: int | None = None) -> Any:
+    """The merge of ``table`` as ``INSERT .. ON CONFLICT DO UPDATE``; for incoming rows of rank
+    ``new_rank`` only, when it is given."""
+    cached = _statements.get((dialect, table.name, new_rank))
     if cached is not None:
         return cached
     insert = _INSERTS.get(dialect)
@@ -402,7 +422,7 @@ def _upsert(dialect: str, table: Table) -> Any:
         )
     stmt = insert(table)
     new, old = stmt.excluded, table.c
-    advances = _rank_sql(new.state) >= _rank_sql(old.state)
+    advances = _advances(new_rank, new, old)
     values: dict[str, Any]
     if table.name == Job.__tablename__:
         later = new.attempt > old.attempt
@@ -432,7 +452,7 @@ def _upsert(dialect: str, table: Table) -> Any:
         values["state"] = case((advances, new.state), else_=old.state)
         keys = ["job_id", "attempt"]
     statement = stmt.on_conflict_do_update(index_elements=keys, set_=values)
-    _statements[(dialect, table.name)] = statement
+    _statements[(dialect, table.name, new_rank)] = statement
     return statement
 
 
@@ -445,24 +465,27 @@ class _Prepared:
     whole batch as one JSON parameter (``jsonb_array_elements``): one round trip, one parse and
     one C-speed encoding per batch (array parameters were dumped value by value in Python, at
     more than half the cost of a write; objects with keys took twice as long to encode). SQLite
-    gets one ``executemany`` per set of empty columns (:func:`_by_nulls`): those are ``NULL`` in
-    the statement's text, not parameters.
+    gets one ``executemany`` per rank of the rows' state and set of empty columns
+    (:func:`_groups`): the statement tests only the stored row's rank, and writes the empty
+    columns as ``NULL`` in its text, not as parameters.
     """
 
     sql: str
     as_json: bool  # PostgreSQL: the batch as one JSON array of rows
     head: str  # ``INSERT INTO t (columns) `` for the statements with NULL literals (SQLite)
     tail: str  # `` ON CONFLICT ...``
+    state_at: int  # the position of ``state`` in a row
 
 
-_prepared: dict[tuple[str, str], _Prepared] = {}
+_prepared: dict[tuple[str, str, int | None], _Prepared] = {}
 
 
-def _prepare(dialect: Dialect, table: Table) -> _Prepared:
-    cached = _prepared.get((dialect.name, table.name))
+def _prepare(dialect: Dialect, table: Table, new_rank: int | None = None) -> _Prepared:
+    cached = _prepared.get((dialect.name, table.name, new_rank))
     if cached is not None:
         return cached
-    sql = str(_upsert(dialect.name, table).compile(dialect=dialect))
+    sql = str(_upsert(dialect.name, table, new_rank).compile(dialect=dialect))
+
     quote = dialect.identifier_preparer.quote
     columns = tuple(column.name for column in table.columns)
     head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
@@ -473,8 +496,14 @@ def _prepare(dialect: Dialect, table: Table) -> _Prepared:
         casts = [f"(r->>{i})::{c.type.compile(dialect)}" for i, c in enumerate(table.columns)]
         source = f"SELECT {', '.join(casts)} FROM jsonb_array_elements(%s::jsonb) AS r"
     tail = sql[sql.index(" ON CONFLICT") :]
-    prepared = _Prepared(sql=head + source + tail, as_json=not sqlite, head=head, tail=tail)
-    _prepared[(dialect.name, table.name)] = prepared
+    prepared = _Prepared(
+        sql=head + source + tail,
+        as_json=not sqlite,
+        head=head,
+        tail=tail,
+        state_at=columns.index("state"),
+    )
+    _prepared[(dialect.name, table.name, new_rank)] = prepared
     return prepared
 
 
@@ -485,8 +514,8 @@ def _execute(conn: Connection, table: Table, rows: list[Values]) -> None:
     if prepared.as_json:
         conn.exec_driver_sql(prepared.sql, (_json(rows),))
         return
-    for nulls, group in _by_nulls(rows).items():
-        sql, keep = _null_statement(prepared, table, nulls)
+    for (new_rank, nulls), group in _groups(rows, prepared.state_at).items():
+        sql, keep = _null_statement(_prepare(conn.dialect, table, new_rank), new_rank, nulls)
         if keep is not None:
             group = [tuple(compress(row, keep)) for row in group]
         conn.exec_driver_sql(sql, group)
@@ -495,36 +524,40 @@ def _execute(conn: Connection, table: Table, rows: list[Values]) -> None:
 _NONES: tuple[None, ...] = (None,) * 64
 
 
-def _by_nulls(rows: list[Values]) -> dict[tuple[bool, ...], list[Values]]:
-    """``rows`` grouped by which of their values are ``None``.
+def _groups(rows: list[Values], state_at: int) -> dict[tuple[int, tuple[bool, ...]], list[Values]]:
+    """``rows`` grouped by their state's rank (:func:`_advances`) and which values are ``None``.
 
     SQLite's driver passes every ``None`` parameter through its adapter lookup (it binds other
     values at once), at a fifth of the upsert's time when most columns are empty: a group's
     statement writes its empty columns as ``NULL`` instead. A batch has one row per job (or
     attempt), so the groups' order does not change what is stored; SQLite has a single writer,
-    so it cannot change the locks' order either.
+    so it cannot change the locks' order either (PostgreSQL's one statement keeps the rows in
+    key order, and its rank test generic).
     """
     nones = _NONES[: len(rows[0])]
-    groups: dict[tuple[bool, ...], list[Values]] = {}
+    ranks = RANKS.get
+    groups: dict[tuple[int, tuple[bool, ...]], list[Values]] = {}
     for row in rows:
-        nulls = tuple(map(operator.is_, row, nones))
-        group = groups.get(nulls)
+        key = (ranks(row[state_at], OUTCOME_RANK), tuple(map(operator.is_, row, nones)))
+        group = groups.get(key)
         if group is None:
-            groups[nulls] = [row]
+            groups[key] = [row]
         else:
             group.append(row)
     return groups
 
 
 _MAX_NULL_STATEMENTS = 256
-_null_statements: dict[tuple[str, tuple[bool, ...]], tuple[str, tuple[bool, ...] | None]] = {}
+_null_statements: dict[tuple[str, int, tuple[bool, ...]], tuple[str, tuple[bool, ...] | None]] = {}
 
 
 def _null_statement(
-    prepared: _Prepared, table: Table, nulls: tuple[bool, ...]
+    prepared: _Prepared, new_rank: int, nulls: tuple[bool, ...]
 ) -> tuple[str, tuple[bool, ...] | None]:
-    """The SQLite upsert of rows empty where ``nulls`` says, and which values it binds."""
-    cached = _null_statements.get((table.name, nulls))
+    """The SQLite upsert of rows of ``new_rank`` empty where ``nulls`` says, and which values it
+    binds."""
+    key = (prepared.head, new_rank, nulls)
+    cached = _null_statements.get(key)
     if cached is not None:
         return cached
     if not any(nulls):
@@ -534,7 +567,7 @@ def _null_statement(
         keep = tuple(not null for null in nulls)
         result = (f"{prepared.head}VALUES ({values}){prepared.tail}", keep)
     if len(_null_statements) < _MAX_NULL_STATEMENTS:
-        _null_statements[(table.name, nulls)] = result
+        _null_statements[key] = result
     return result
 
 
