@@ -354,3 +354,27 @@ def test_within_an_attempt_the_state_further_along_wins_whichever_came_first(
     assert row["state"] == (incoming if advances else stored).value
     assert row["host"] == ("second" if advances else "first")
     assert attempts(engine) == [(1, row["state"])]
+
+
+def test_a_batch_of_one_attempt_per_job_is_one_statement_on_postgresql(engine: Engine) -> None:
+    """PostgreSQL gets both upserts in one statement from one JSON parameter when each job has
+    one attempt in the batch (the attempt rows are columns of the job rows); a job with two
+    attempts in the batch still gets both attempt rows."""
+    statements: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "DO UPDATE" in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        write(engine, [ENQUEUED, STARTED._replace(job_id="job-2")])
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    if engine.dialect.name == "postgresql":
+        assert len(statements) == 1
+    assert (job(engine)["state"], job(engine, "job-2")["state"]) == ("queued", "running")
+    assert sorted(attempts(engine)) == [(1, "queued"), (1, "running")]
+    write(engine, [FINISHED._replace(attempt=2), FINISHED._replace(attempt=3)], now=T + 1)
+    assert sorted(attempts(engine)) == [(1, "queued"), (1, "running"), (2, "failed"), (3, "failed")]
+    assert job(engine)["attempt"] == 3

@@ -472,7 +472,8 @@ class _Prepared:
 
     sql: str
     as_json: bool  # PostgreSQL: the batch as one JSON array of rows
-    head: str  # ``INSERT INTO t (columns) `` for the statements with NULL literals (SQLite)
+    source: str  # the rows: ``VALUES (?, ..)`` (SQLite), a ``SELECT`` from the JSON parameter
+    head: str  # ``INSERT INTO t (columns) ``
     tail: str  # `` ON CONFLICT ...``
     state_at: int  # the position of ``state`` in a row
 
@@ -493,11 +494,15 @@ def _prepare(dialect: Dialect, table: Table, new_rank: int | None = None) -> _Pr
     if sqlite:
         source = f"VALUES ({', '.join(['?'] * len(columns))})"
     else:  # a row per array element, each value cast to its column's type (jsonb: O(1) index)
-        casts = [f"(r->>{i})::{c.type.compile(dialect)}" for i, c in enumerate(table.columns)]
+        casts = [
+            f"(r->>{i})::{c.type.compile(dialect)} AS {quote(c.name)}"
+            for i, c in enumerate(table.columns)
+        ]
         source = f"SELECT {', '.join(casts)} FROM jsonb_array_elements(%s::jsonb) AS r"
     tail = sql[sql.index(" ON CONFLICT") :]
     prepared = _Prepared(
         sql=head + source + tail,
+        source=source,
         as_json=not sqlite,
         head=head,
         tail=tail,
@@ -585,6 +590,30 @@ def _finite(value: object) -> object:
     return value
 
 
+_both: dict[str, str] = {}
+
+
+def _upsert_both(conn: Connection, rows: list[Values]) -> None:
+    """PostgreSQL, one attempt per job (the common case): both upserts in one statement, from one
+    JSON parameter parsed once (the attempt rows are columns of the job rows). The attempts'
+    source waits on all of the jobs' upsert (a count of what it returned), so every writer
+    locks a batch's job rows before its attempt rows, in key order, as with two statements."""
+    sql = _both.get(conn.dialect.name)
+    if sql is None:
+        jobs, attempts = _prepare(conn.dialect, _JOBS), _prepare(conn.dialect, _ATTEMPTS)
+        quote = conn.dialect.identifier_preparer.quote
+        job_columns = ", ".join(quote(column.name) for column in _JOBS.columns)
+        attempt_columns = ", ".join(quote(column.name) for column in _ATTEMPTS.columns)
+        sql = (
+            f"WITH source AS MATERIALIZED ({jobs.source}),"
+            f" upserted AS ({jobs.head}SELECT {job_columns} FROM source{jobs.tail} RETURNING 1)"
+            f" {attempts.head}SELECT {attempt_columns} FROM source"
+            f" WHERE (SELECT count(*) FROM upserted) >= 0{attempts.tail}"
+        )
+        _both[conn.dialect.name] = sql
+    conn.exec_driver_sql(sql, (_json(rows),))
+
+
 def upsert_jobs(conn: Connection, jobs: list[Values]) -> None:
     """Merge ``jobs`` (one row per job id, from :func:`rows`) into ``jobtrace_jobs``."""
     _execute(conn, _JOBS, jobs)
@@ -609,7 +638,10 @@ def write(
     """
     jobs, attempts = rows(batch, now, heartbeat_interval)
     frames = placeholders(jobs, known, now)
-    upsert_jobs(conn, jobs)
-    upsert_attempts(conn, attempts)
+    if conn.dialect.name == "postgresql" and jobs and len(attempts) == len(jobs):
+        _upsert_both(conn, jobs)  # one attempt per job: its row is the job row's columns
+    else:
+        upsert_jobs(conn, jobs)
+        upsert_attempts(conn, attempts)
     insert_placeholders(conn, frames)
     return [*(row[_JOB_ID] for row in jobs), *(row["job_id"] for row in frames)]
