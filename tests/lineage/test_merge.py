@@ -267,6 +267,27 @@ def test_a_job_named_as_parent_or_root_gets_a_placeholder_its_own_record_replace
     assert replaced["parent_job_id"] == "sync-1"
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_placeholder_takes_the_lineage_any_record_of_the_batch_tells(
+    engine: Engine, order: int
+) -> None:
+    """Whichever comes first, a record that says nothing of the run does not blank the frame."""
+    untold = JobRecord(  # a foreign producer's child of the root: no root, no depth
+        kind="heartbeat",
+        job_id="a-page",  # sorts before the other: the store sees it first either way
+        attempt=1,
+        name="PageJob",
+        state=JobState.RUNNING,
+        parent_job_id="sync-1",
+    )
+    told = record(
+        "started", JobState.RUNNING, parent_job_id="page-2", root_job_id="sync-1", depth=2
+    )
+    write(engine, [untold, told][::order])
+    root = job(engine, "sync-1")
+    assert (root["state"], root["root_job_id"], root["depth"]) == ("unknown", "sync-1", 0)
+
+
 @pytest.mark.parametrize("progress", [float("nan"), float("inf"), float("-inf"), 0.25])
 def test_a_progress_json_cannot_carry_still_writes_the_record(
     engine: Engine, progress: float

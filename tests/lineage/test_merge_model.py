@@ -197,6 +197,7 @@ def model(batches: list[tuple[str, list[JobRecord]]]) -> dict[str, dict[str, Any
         by_job.setdefault(record.job_id, []).append(
             (order, _merge.rank(record.state.value), record)
         )
+    frames = placeholder_frames(batches)
     rows: dict[str, dict[str, Any]] = {}
     for job_id, entries in by_job.items():
         attempt = max(record.attempt for _, _, record in entries)
@@ -213,13 +214,16 @@ def model(batches: list[tuple[str, list[JobRecord]]]) -> dict[str, dict[str, Any
 
         attempt_records = [record for _, _, record in mine]
         all_records = [record for _, _, record in sorted(entries, key=lambda e: e[0])]
+        # A placeholder that came first says where the job stands until a record of its own does.
+        root, depth = frames.get(job_id, (None, None))
+        own_root, own_depth = latest("root_job_id", all_records), latest("depth", all_records)
         rows[job_id] = {
             "state": attempt_records[-1].state.value,
             "attempt": attempt,
             "name": latest("name", all_records),
             "parent_job_id": latest("parent_job_id", all_records),
-            "root_job_id": latest("root_job_id", all_records),
-            "depth": latest("depth", all_records),
+            "root_job_id": root if own_root is None else own_root,
+            "depth": depth if own_depth is None else own_depth,
             "args": latest("args", all_records),
             "span_id": latest("span_id", attempt_records),
             "error_type": latest("error_type", attempt_records),
@@ -235,15 +239,43 @@ def model(batches: list[tuple[str, list[JobRecord]]]) -> dict[str, dict[str, Any
                 for n in {record.attempt for record in all_records}
             },
         }
-    named = {
-        other
-        for _, record in delivered
-        for other in (record.parent_job_id, record.root_job_id)
-        if other is not None
-    }
-    for job_id in named - set(rows):
-        rows[job_id] = {"state": "unknown", "attempt": 0, "name": _merge.PLACEHOLDER_NAME}
+    for job_id in set(frames) - set(rows):
+        root, depth = frames[job_id]
+        rows[job_id] = {
+            "state": "unknown",
+            "attempt": 0,
+            "name": _merge.PLACEHOLDER_NAME,
+            "root_job_id": root,
+            "depth": depth,
+        }
     return rows
+
+
+def placeholder_frames(
+    batches: list[tuple[str, list[JobRecord]]],
+) -> dict[str, tuple[str | None, int | None]]:
+    """Root and depth of the placeholder each named job got, if one came before its own records.
+
+    A batch that names a job without a record of it inserts a placeholder where the job has no
+    row yet; of the batch's records that name it, one that says where it stands gives its root
+    and depth (a parent sits a level above its child, a root at 0), otherwise it says nothing.
+    """
+    has_row: set[str] = set()
+    frames: dict[str, tuple[str | None, int | None]] = {}
+    for _, batch in batches:
+        own = {record.job_id for record in batch}
+        for record in batch:
+            for job_id in (record.parent_job_id, record.root_job_id):
+                if job_id is None or job_id in own or job_id in has_row:
+                    continue
+                if record.root_job_id is None or record.depth is None:
+                    frames.setdefault(job_id, (None, None))
+                elif job_id == record.root_job_id:
+                    frames[job_id] = (job_id, 0)
+                else:
+                    frames[job_id] = (record.root_job_id, record.depth - 1)
+        has_row.update(own, frames)
+    return frames
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -328,7 +328,9 @@ def placeholders(jobs: Iterable[Values], skip: Callable[[str], bool], now: float
 
     A producer in another language, or a parent whose records were dropped, leaves a job that the
     store knows only by name. Its placeholder is inserted only where no row exists (``DO
-    NOTHING``) and has attempt 0, so the job's own first record replaces every field.
+    NOTHING``) and has attempt 0, so the job's own first record replaces every field it carries.
+    Of the batch's records that name it, one that says where it stands (root and depth) wins,
+    whatever the order.
 
     Args:
         jobs: Job rows about to be written.
@@ -344,7 +346,8 @@ def placeholders(jobs: Iterable[Values], skip: Callable[[str], bool], now: float
             parent_depth = None if depth is None else max(depth - 1, 0)
             if parent not in found or found[parent]["depth"] is None:
                 found[parent] = _placeholder(parent, root, parent_depth, job, "parent", now)
-        if root is not None and root not in written and root not in found and not skip(root):
+        untold = root not in found or found[root]["depth"] is None
+        if root is not None and root not in written and untold and not skip(root):
             found[root] = _placeholder(root, root, 0, job, "root", now)
     return [found[key] for key in sorted(found)]
 
