@@ -230,7 +230,8 @@ def start_worker(
         "BENCH_CELERY_POOL": pool,
         "JOBTRACE_DATABASE_URL": f"sqlite:///{workdir / 'lineage.db'}",
         "JOBTRACE_RECORD": "0" if options.no_record else "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), str(ROOT)])),
+        # This checkout's jobtrace (a worktree of another commit measures that commit).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), str(ROOT / "src"), str(ROOT)])),
     }
     command = [sys.executable, "-m", "celery", "-A", "celery_overhead", "worker"]
     command += ["-Q", f"bench-{mode}", "-n", f"{mode}-{run}@%h", f"--pool={pool}"]

@@ -448,6 +448,34 @@ def test_the_broker_server_comes_from_the_apps_broker_url(
     assert _broker_server(app) == server
 
 
+def test_the_broker_server_is_read_again_only_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker settings are read once per ``_SERVER_RECHECK`` seconds, not at every publish
+    and run (reading them cost 12 us each time); a broker changed since is seen after that."""
+    from celery.app.utils import Settings
+
+    from jobtrace.integrations.celery import _instrumentor
+
+    reads = []
+    original = Settings.broker_write_url
+
+    def counted(settings: Settings) -> Any:
+        reads.append(1)
+        return original.fget(settings)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Settings, "broker_write_url", property(counted))
+    app = Celery("recheck", broker="redis://first.example:6380/0", set_as_current=False)
+    assert _instrumentor._broker_server(app) == ("first.example", 6380)
+    first = len(reads)
+    for _ in range(4):
+        assert _instrumentor._broker_server(app) == ("first.example", 6380)
+    assert len(reads) == first
+    app.conf.broker_url = "redis://second.example:6381/0"
+    monkeypatch.setattr(_instrumentor, "_SERVER_RECHECK", 0.0)
+    assert _instrumentor._broker_server(app) == ("second.example", 6381)
+
+
 def test_a_publish_is_counted_without_a_server_on_the_memory_transport(
     instrumentor: CeleryInstrumentor, telemetry: CapturedTelemetry
 ) -> None:

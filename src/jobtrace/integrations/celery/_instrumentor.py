@@ -581,22 +581,33 @@ def _body_args(body: object) -> Any:
     return None
 
 
-# The broker of each app, read from its configuration once: (the URLs it was read from, server).
-_servers: weakref.WeakKeyDictionary[Any, tuple[object, Server | None]] = weakref.WeakKeyDictionary()
+# The broker of each app: (the URLs it was read from, server, when they were read).
+_servers: weakref.WeakKeyDictionary[Any, tuple[object, Server | None, float]] = (
+    weakref.WeakKeyDictionary()
+)
 _IN_PROCESS_TRANSPORTS = frozenset({"memory", "filesystem", "cache"})
+#: Seconds a broker server is used before the app's broker settings are read again: reading
+#: them (``conf.broker_write_url``, environment and every configuration map) cost 12 us, twice
+#: per task (publish and run), for settings that change once in an app's life if ever.
+_SERVER_RECHECK = 1.0
 
 
 def _broker_server(app: Any) -> Server | None:
     """The broker host and port of ``app``'s connection for publishing; ``None`` if in-process.
 
     Read without connecting (kombu parses the URL and fills in the transport's default port);
-    the first URL of a failover list. Cached per app until its broker settings change.
+    the first URL of a failover list. Cached per app; its broker settings are read again at most
+    every ``_SERVER_RECHECK`` seconds, and parsed again when they changed.
     """
     try:
+        now = time.monotonic()
+        cached = _servers.get(app)
+        if cached is not None and now - cached[2] < _SERVER_RECHECK:
+            return cached[1]
         conf = app.conf
         urls = (conf.broker_write_url, conf.broker_url)
-        cached = _servers.get(app)
         if cached is not None and cached[0] == urls:
+            _servers[app] = (urls, cached[1], now)
             return cached[1]
         server: Server | None = None
         with app.connection_for_write() as connection:
@@ -608,7 +619,7 @@ def _broker_server(app: Any) -> Server | None:
             if host:
                 valid_port = isinstance(port, int) and 0 < port < 65536
                 server = (host, port if valid_port else None)
-        _servers[app] = (urls, server)
+        _servers[app] = (urls, server, now)
         return server
     except Exception:
         return None
