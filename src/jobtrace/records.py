@@ -136,6 +136,40 @@ _new_record = tuple.__new__
 """Builds a :class:`JobRecord` from all its fields in order, without the keyword parsing of
 ``JobRecord(...)``: the builders below run three times per job on the job's own thread."""
 
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _job_info(
+    job_id: str,
+    name: str,
+    root_job_id: str,
+    depth: int,
+    queue: str | None,
+    attempt: int,
+    parent_job_id: str | None,
+    system: str,
+    trace_id: str | None,
+    span_id: str | None,
+) -> JobInfo:
+    """``JobInfo(...)`` from all its fields, positionally: the same object, made in two thirds the time.
+
+    For the job path, which makes one per run: the dataclass's own ``__init__`` parses ten keyword
+    arguments and looks up ``object.__setattr__`` for each field.
+    """
+    info: JobInfo = _new_object(JobInfo)
+    _set_field(info, "job_id", job_id)
+    _set_field(info, "name", name)
+    _set_field(info, "root_job_id", root_job_id)
+    _set_field(info, "depth", depth)
+    _set_field(info, "queue", queue)
+    _set_field(info, "attempt", attempt)
+    _set_field(info, "parent_job_id", parent_job_id)
+    _set_field(info, "system", system)
+    _set_field(info, "trace_id", trace_id)
+    _set_field(info, "span_id", span_id)
+    return info
+
 
 def enqueued(
     info: JobInfo,
@@ -160,6 +194,57 @@ def enqueued(
             info.depth,
             info.trace_id,
             info.span_id,
+            args,
+            None,  # items
+            None,  # progress
+            None,  # error_type
+            None,  # error_message
+            None,  # reason
+            None,  # host
+            None,  # pid
+            at,  # enqueued_at
+            due_at,
+            None,  # started_at
+            None,  # finished_at
+            None,  # heartbeat_at
+        ),
+    )
+
+
+def _sent(
+    job_id: str,
+    name: str,
+    root_job_id: str,
+    depth: int,
+    queue: str | None,
+    parent_job_id: str | None,
+    system: str,
+    trace_id: str | None,
+    *,
+    at: float,
+    args: str | None = None,
+    due_at: float | None = None,
+) -> JobRecord:
+    """:func:`enqueued` of a first attempt from the job's fields, without a :class:`JobInfo` first.
+
+    The same record as ``enqueued(JobInfo(...), ...)`` (no span id: a send has none of the run's);
+    for the send path, which has no other use for the ``JobInfo``.
+    """
+    return _new_record(
+        JobRecord,
+        (
+            "enqueued",
+            job_id,
+            1,  # attempt
+            name,
+            JobState.QUEUED,
+            queue,
+            system,
+            parent_job_id,
+            root_job_id,
+            depth,
+            trace_id,
+            None,  # span_id
             args,
             None,  # items
             None,  # progress

@@ -509,3 +509,36 @@ def test_failure_to_start_never_fails_the_job(
     assert run.state is None
     assert otel_context.get_current() == outer
     assert any("starting the span" in r.getMessage() for r in caplog.records)
+
+
+def test_the_run_s_job_info_is_a_plain_job_info(telemetry: CapturedTelemetry) -> None:
+    """The run's JobInfo, made positionally, is the frozen JobInfo its fields make by keyword."""
+    import dataclasses
+
+    from jobtrace.records import JobInfo
+
+    metadata = jobtrace.prepare_enqueue("Child", queue="q")
+    with jobtrace.trace_job(metadata, name="Child", queue="q", attempt=2, system="sys") as run:
+        info = jobtrace.current_job()
+    span = telemetry.span("process Child")
+    assert span.context is not None
+    expected = JobInfo(
+        job_id=metadata["jobtrace-job-id"],
+        name="Child",
+        root_job_id=metadata["jobtrace-job-id"],
+        depth=0,
+        queue="q",
+        attempt=2,
+        parent_job_id=None,
+        system="sys",
+        trace_id=f"{span.context.trace_id:032x}",
+        span_id=f"{span.context.span_id:016x}",
+    )
+    assert info == expected
+    assert run.info is info
+    assert type(info) is JobInfo
+    assert hash(info) == hash(expected)
+    assert dataclasses.replace(info, attempt=3) == dataclasses.replace(expected, attempt=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.attempt = 5  # type: ignore[misc]
+    assert next(r for r in telemetry.records if r.kind != "enqueued").span_id == expected.span_id

@@ -569,3 +569,25 @@ def test_the_fast_reading_of_well_formed_metadata_is_the_checked_one(
 def test_anything_unusual_is_left_to_the_checked_reading(metadata: dict[Any, Any]) -> None:
     """Metadata with anything to repair or warn about is not read the fast way."""
     assert md._read_well_formed(metadata) is None
+
+
+@pytest.mark.parametrize(
+    ("metadata", "job_id", "named"),
+    [
+        ({md.KEY_VERSION: "1", md.KEY_DEPTH: "deep"}, "v-1", "job Victim v-1: "),
+        ({md.KEY_VERSION: "1", md.KEY_DEPTH: "deep"}, None, "job Victim: "),
+        (["not", "a", "mapping"], "v-2", "job Victim v-2: "),
+    ],
+)
+def test_a_run_s_warning_names_the_job_and_its_queue_s_id(
+    metadata: Any, job_id: str | None, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job is described (only) when its metadata has something to warn about."""
+    md._limiter.reset()
+    with (
+        caplog.at_level(logging.WARNING, logger="jobtrace"),
+        jobtrace.trace_job(metadata, name="Victim", job_id=job_id),
+    ):
+        pass
+    (warning,) = _jobtrace_warnings(caplog)
+    assert f"malformed metadata of {named}" in warning.getMessage()

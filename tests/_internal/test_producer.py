@@ -335,3 +335,43 @@ def test_enqueue_survives_a_broken_propagator(
     assert meta[md.KEY_DEPTH] == "0"
     assert any("injecting trace context" in r.getMessage() for r in caplog.records)
     assert _one(telemetry.send_spans("Job")).end_time is not None
+
+
+@pytest.mark.parametrize("parented", [False, True])
+def test_the_send_record_is_the_one_its_job_info_makes(
+    telemetry: CapturedTelemetry, parented: bool
+) -> None:
+    """The send's record, built from its fields, is ``records.enqueued`` of the job's JobInfo."""
+    from jobtrace import records
+
+    def send() -> dict[str, str]:
+        return jobtrace.prepare_enqueue(
+            "Child", queue="q", args={"page": 2}, delay=5.0, system="sys"
+        )
+
+    if parented:
+        with jobtrace.trace_job({}, name="Parent", job_id="parent-1"):
+            metadata = send()
+    else:
+        metadata = send()
+    record = next(r for r in telemetry.records if r.kind == "enqueued" and r.name == "Child")
+    span = telemetry.span("send Child")
+    assert span.context is not None
+    info = records.JobInfo(
+        job_id=metadata["jobtrace-job-id"],
+        name="Child",
+        root_job_id=metadata["jobtrace-root-job-id"],
+        depth=int(metadata["jobtrace-depth"]),
+        queue="q",
+        parent_job_id="parent-1" if parented else None,
+        system="sys",
+        trace_id=f"{span.context.trace_id:032x}",
+    )
+    assert record.enqueued_at is not None
+    assert record.due_at == pytest.approx(record.enqueued_at + 5.0)
+    expected = records.enqueued(
+        info, at=record.enqueued_at, args='{"page":2}', due_at=record.due_at
+    )
+    assert record == expected
+    assert type(record) is records.JobRecord
+    assert record.enqueued_at == pytest.approx(float(metadata["jobtrace-enqueued-at"]), abs=1e-6)

@@ -266,3 +266,62 @@ def test_recorded_text_is_the_standard_encoders_compact_json() -> None:
     text = redact_args(args, redact_keys=DEFAULT.redact_keys, max_length=10_000)
     expected = {**args, "nested": {"list": [1, "two", [3.0]], "token": REDACTED}}
     assert text == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_plain_dict_args_are_recorded_as_the_general_way_records_them() -> None:
+    """``args_text``'s way for dicts of plain scalars makes the text ``redact_args`` makes."""
+    cases: list[dict[str, Any]] = [
+        {},
+        {"source": "example-cinema", "movie_id": 4402192, "page": 3, "api_key": "k-123"},
+        {"n": 1, "ok": True, "x": 1.0, "none": None, "inf": float("-inf"), "big": 1 << 3000},
+        {"name": "café ✓", "quote": 'say "hi"\n', "long": "y" * 5000},
+        {f"k{i}": i for i in range(150)},  # more than 100 items
+        {"password": [1, 2], "list": [1]},
+    ]
+    settings = Settings(max_args_length=60)
+    for args in cases:
+        for chosen in (DEFAULT, settings):
+            expected = redact_args(
+                args, redact_keys=chosen.redact_keys, max_length=chosen.max_args_length
+            )
+            assert args_text(chosen, args) == expected
+            assert args_text(chosen, args) == expected  # again: the same dict, unchanged
+
+
+def test_the_same_unchanged_dict_is_not_redacted_twice(monkeypatch: Any) -> None:
+    """A run of the dict its send just recorded (same process) reuses the send's text."""
+    from jobtrace._internal import redaction
+
+    args = {"source": "example-cinema", "movie_id": 4402192, "api_key": "k-123"}
+    first = args_text(DEFAULT, args)
+    calls: list[object] = []
+    real = redaction._plain_dict
+    monkeypatch.setattr(
+        redaction, "_plain_dict", lambda *a: calls.append(a) or real(*a), raising=True
+    )
+    assert args_text(DEFAULT, args) == first
+    assert calls == []
+    assert args_text(DEFAULT, dict(args)) == first  # an equal copy is a different dict
+    assert len(calls) == 1
+
+
+def test_a_changed_dict_is_recorded_again() -> None:
+    """A value replaced (even by an equal one of another type), keys reordered or added, other
+    settings: each is recorded afresh, never the text of the dict as it was."""
+    args: dict[str, Any] = {"page": 1, "name": "a"}
+    assert args_text(DEFAULT, args) == '{"page":1,"name":"a"}'
+    args["page"] = True  # == 1, and hashes alike
+    assert args_text(DEFAULT, args) == '{"page":true,"name":"a"}'
+    args["page"] = 1.0
+    assert args_text(DEFAULT, args) == '{"page":1.0,"name":"a"}'
+    del args["page"]
+    args["page"] = 1.0  # same keys and values, another order
+    assert args_text(DEFAULT, args) == '{"name":"a","page":1.0}'
+    args["token"] = "t"
+    assert args_text(DEFAULT, args) == '{"name":"a","page":1.0,"token":"[REDACTED]"}'
+    assert (
+        args_text(Settings(redact_keys=frozenset({"name"})), args)
+        == '{"name":"[REDACTED]","page":1.0,"token":"t"}'
+    )
+    whole = '{"name":"a","page":1.0,"token":"[REDACTED]"}'
+    assert args_text(Settings(max_args_length=20), args) == whole[: 20 - len(TRUNCATED)] + TRUNCATED

@@ -25,7 +25,7 @@ from jobtrace._internal.config import Relationship, get_settings
 from jobtrace._internal.metadata import (
     Incoming,
     is_valid_job_id,
-    read_metadata,
+    read_run_metadata,
     repair_job_id,
     retry_metadata,
 )
@@ -89,7 +89,9 @@ class JobRun:
         self.adopted_span = span
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.server = semconv.server_of(server_address, server_port)
+        self.server = (
+            None if server_address is None else semconv.server_of(server_address, server_port)
+        )
         self.state: JobState | None = None
         self.info: records.JobInfo | None = None
         self._job: current.ActiveJob | None = None
@@ -113,9 +115,7 @@ class JobRun:
 
     def _start(self) -> None:
         settings = get_settings()
-        incoming = read_metadata(
-            self.metadata, job_description=f"job {self.name} {self.job_id or ''}".rstrip()
-        )
+        incoming = read_run_metadata(self.metadata, self.name, self.job_id)
         job_id = self.job_id or incoming.job_id or new_job_id()
         if not is_valid_job_id(job_id):  # a queue's own id, under the metadata's rule
             job_id = repair_job_id(job_id)
@@ -163,17 +163,17 @@ class JobRun:
             for link in links:
                 span.add_link(link.context, link.attributes)
         span_context = span.get_span_context()
-        self.info = records.JobInfo(
-            job_id=job_id,
-            name=self.name,
-            queue=self.queue,
-            attempt=attempt,
-            parent_job_id=incoming.parent_job_id,
-            root_job_id=root_job_id,
-            depth=depth,
-            system=self.system,
-            trace_id=f"{span_context.trace_id:032x}",
-            span_id=f"{span_context.span_id:016x}",
+        self.info = records._job_info(
+            job_id,
+            self.name,
+            root_job_id,
+            depth,
+            self.queue,
+            attempt,
+            incoming.parent_job_id,
+            self.system,
+            f"{span_context.trace_id:032x}",
+            f"{span_context.span_id:016x}",
         )
         self._job = current.ActiveJob(info=self.info, span=span, started_at=now)
         self._started_at = now

@@ -556,6 +556,24 @@ def read_metadata(metadata: object, *, job_description: str) -> Incoming:
         return _EMPTY
 
 
+def read_run_metadata(metadata: object, name: str, job_id: str | None) -> Incoming:
+    """:func:`read_metadata` of a job run's metadata, the job described only if a warning needs it.
+
+    The run of job ``name`` (with the queue's id ``job_id``, if any); the description is made for
+    metadata that is not well formed, which is all a warning or an error log names.
+    """
+    if metadata is None:
+        return _EMPTY
+    if type(metadata) is dict:
+        try:
+            incoming = _read_well_formed(metadata)
+        except Exception:
+            incoming = None  # read again below, which logs it
+        if incoming is not None:
+            return incoming
+    return read_metadata(metadata, job_description=f"job {name} {job_id or ''}".rstrip())
+
+
 def _read(metadata: object, job_description: str) -> Incoming:
     if type(metadata) is dict:
         incoming = _read_well_formed(metadata)

@@ -80,7 +80,9 @@ class Enqueue:
         self.adopted_span = span
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.server = semconv.server_of(server_address, server_port)
+        self.server = (
+            None if server_address is None else semconv.server_of(server_address, server_port)
+        )
         self.published = True
         self._span: trace.Span | None = None
         self._sent_at: float | None = None
@@ -160,18 +162,22 @@ class Enqueue:
             due_at=due_at,
         )
         if records.has_sinks():
-            span_context = span.get_span_context()
-            info = records.JobInfo(
-                job_id=self.job_id,
-                name=self.name,
-                root_job_id=root_job_id,
-                depth=depth,
-                queue=self.queue,
-                parent_job_id=parent_job_id,
-                system=self.system,
-                trace_id=f"{span_context.trace_id:032x}",
+            # The send's record straight from its fields: the JobInfo it was made of went nowhere.
+            records.emit(
+                records._sent(
+                    self.job_id,
+                    self.name,
+                    root_job_id,
+                    depth,
+                    self.queue,
+                    parent_job_id,
+                    self.system,
+                    f"{span.get_span_context().trace_id:032x}",
+                    at=now,
+                    args=recorded_args,
+                    due_at=due_at,
+                )
             )
-            records.emit(records.enqueued(info, at=now, args=recorded_args, due_at=due_at))
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span; an ``error`` (the send failed) marks it as an error."""

@@ -9,8 +9,9 @@ a marker (:func:`unrepresentable`) and the rest is recorded as usual.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobtrace._internal.config import Settings
 
@@ -213,11 +214,85 @@ def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> s
     return text
 
 
+def _plain_dict(value: dict[Any, Any], redact_keys: frozenset[str]) -> dict[str, Any] | None:
+    """:func:`_clean` of a dict of short plain scalars under string keys; ``None`` for any other.
+
+    The same dict :func:`_clean_mapping` makes of it. Such arguments' JSON depends on nothing
+    but the keys in order and the (immutable) values, which :func:`args_text` relies on.
+    """
+    if len(value) > _MAX_ITEMS:
+        return None
+    secrets = _secrets(redact_keys)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            return None
+        kind = type(item)
+        if kind is str:
+            if len(item) > _MAX_STRING:
+                return None
+        elif kind is int:
+            if not -_INT_LIMIT < item < _INT_LIMIT:
+                return None
+        elif kind not in _SCALARS:
+            return None
+        secret = secrets.get(key)
+        if secret is None:
+            secret = is_secret(key, redact_keys)
+        out[key] = REDACTED if secret else item
+    return out
+
+
+class _Recorded(NamedTuple):
+    """The last plain dict of arguments recorded, and what it was recorded as."""
+
+    args: dict[Any, Any]
+    keys: tuple[str, ...]
+    values: tuple[object, ...]
+    redact_keys: frozenset[str]
+    max_length: int
+    text: str
+
+
+_last: _Recorded | None = None
+"""One entry: a job's run in the process that sent it (``LocalQueue``, an eager mode, a
+benchmark) records the very dict the send did, unchanged, so its text is the send's."""
+
+
 def args_text(settings: Settings, args: Any) -> str | None:
-    """The recorded form of a job's arguments under ``settings``, or ``None`` when not recorded."""
+    """The recorded form of a job's arguments under ``settings``, or ``None`` when not recorded.
+
+    A dict of plain scalars recorded just before, the same object with the same keys in the same
+    order and the same (immutable) values, under the same settings, is not redacted again.
+    """
+    global _last
     if args is None or not settings.record_args:
         return None
-    return redact_args(args, redact_keys=settings.redact_keys, max_length=settings.max_args_length)
+    redact_keys = settings.redact_keys
+    max_length = settings.max_args_length
+    if type(args) is not dict:
+        return redact_args(args, redact_keys=redact_keys, max_length=max_length)
+    last = _last
+    if (
+        last is not None
+        and last.args is args
+        and last.redact_keys is redact_keys
+        and last.max_length == max_length
+        and last.keys == tuple(args)
+        and all(map(operator.is_, args.values(), last.values))
+    ):
+        return last.text
+    try:
+        plain = _plain_dict(args, redact_keys)
+    except Exception:  # changed while read: the general way says what it can
+        plain = None
+    if plain is None:
+        return redact_args(args, redact_keys=redact_keys, max_length=max_length)
+    text = _encode(plain)
+    if len(text) > max_length:
+        text = text[: max(0, max_length - len(TRUNCATED))] + TRUNCATED
+    _last = _Recorded(args, tuple(plain), tuple(args.values()), redact_keys, max_length, text)
+    return text
 
 
 def call_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
