@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -12,6 +13,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
 
 from jobtrace.exceptions import StoreError
 from jobtrace.lineage import store
@@ -208,7 +210,9 @@ def test_revision_0009_drops_the_stage_state_index_and_counts_stay_index_only(
             assert conn.exec_driver_sql(
                 f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
             ).first()
-        store.upgrade(url)
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0009")
         with engine.connect() as conn:
             assert store.current_revision(conn) == "0009"
             assert not conn.exec_driver_sql(
@@ -225,3 +229,76 @@ def test_revision_0009_drops_the_stage_state_index_and_counts_stay_index_only(
     finally:
         engine.dispose()
     assert "COVERING INDEX ix_jobtrace_jobs_stage_list" in plan, plan
+
+
+def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_their_plans(
+    tmp_path: Path,
+) -> None:
+    """An 0009 store upgraded to 0010 keeps its rows, loses ``(state, heartbeat_at)`` (every
+    finished job was in it) and keeps ``(depth, enqueued_at)`` for roots only; the reaper's
+    reads of running and queued jobs are ranges of the partial index of jobs on a queue, and the
+    runs list still reads the roots' index."""
+    from datetime import datetime, timezone
+
+    from alembic import command
+    from sqlalchemy import event
+
+    from jobtrace.lineage.queries import LineageStore
+    from jobtrace.lineage.reaper import reap
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = store.create_store_engine(url)
+    config = Config()
+    config.set_main_option("script_location", "jobtrace.lineage:migrations")
+    gone, roots = "ix_jobtrace_jobs_state_heartbeat_at", "ix_jobtrace_jobs_depth_enqueued_at"
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0009")
+            conn.exec_driver_sql(
+                "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
+                " VALUES ('r', 'SyncJob', 'running', 1, 'r', 0)"
+            )
+            assert conn.exec_driver_sql(
+                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
+            ).first()
+        store.upgrade(url)
+        with engine.connect() as conn:
+            assert store.current_revision(conn) == "0010"
+            assert not conn.exec_driver_sql(
+                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
+            ).first()
+            sql = conn.exec_driver_sql(
+                f"SELECT sql FROM sqlite_master WHERE name = '{roots}'"
+            ).scalar_one()
+            assert "WHERE depth = 0" in sql, sql
+            assert conn.exec_driver_sql("SELECT count(*) FROM jobtrace_jobs").scalar() == 1
+        seen: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, stmt: str, params: Any, ctx: Any, many: bool) -> None:
+            if stmt.lstrip().startswith("SELECT") and "jobtrace_jobs" in stmt:
+                seen.append((stmt, params))
+
+        event.listen(Engine, "before_cursor_execute", capture)
+        try:
+            reap(url, now=datetime(2030, 1, 1, tzinfo=timezone.utc))
+            reads = len(seen)
+            with LineageStore(url) as lineage:
+                lineage.runs(20)
+        finally:
+            event.remove(Engine, "before_cursor_execute", capture)
+        assert reads == 2, seen  # running, then queued
+        with engine.connect() as conn:
+            plans = [
+                " | ".join(
+                    str(row[-1])
+                    for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params)
+                )
+                for stmt, params in seen
+            ]
+    finally:
+        engine.dispose()
+    for plan in plans[:reads]:
+        assert "USING INDEX ix_jobtrace_jobs_active_queues (state=?)" in plan, plans
+    assert any(f"INDEX {roots}" in plan for plan in plans[reads:]), plans
+    assert not any("SCAN jobtrace_jobs" in plan for plan in plans), plans

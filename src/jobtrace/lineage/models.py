@@ -91,8 +91,14 @@ class Job(Base):
 
     __table_args__ = (
         Index(None, "parent_job_id", "state"),
-        Index(None, "state", "heartbeat_at"),
-        Index(None, "depth", "enqueued_at"),
+        # The runs list: roots only (revision 0010), so a job below the root costs it nothing.
+        Index(
+            None,
+            "depth",
+            "enqueued_at",
+            sqlite_where=text("depth = 0"),
+            postgresql_where=text("depth = 0"),
+        ),
         # Prune finds the runs whose rows are old from this index alone.
         Index(None, "updated_at", "root_job_id"),
         # Few jobs are delayed: a partial index finds a run's not-yet-due jobs without a scan.
@@ -130,7 +136,8 @@ Index(
     Job.enqueued_at,
     Job.job_id,
 )
-#: What waits or runs on each queue, per run: the queue view reads only this (revision 0006).
+#: What waits or runs on each queue, per run: the queue view reads only this (revision 0006), and
+#: the reaper its jobs in one state (revision 0010 dropped ``(state, heartbeat_at)`` for it).
 Index(
     "ix_jobtrace_jobs_active_queues",
     Job.state,

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import ColumnElement, Table, and_, func, not_, or_, select, true, update
+from sqlalchemy import ColumnElement, Table, and_, func, not_, or_, select, text, true, update
 from sqlalchemy.engine import Connection, Engine
 
-from jobtrace.lineage.models import Attempt, Base, Gap, Job
+from jobtrace.lineage.models import ACTIVE_QUEUE_STATES, Attempt, Base, Gap, Job
 from jobtrace.lineage.store import create_store_engine
 from jobtrace.records import JobState
 
@@ -171,7 +171,12 @@ def _mark(
     )
     for seconds, which in groups:
         cutoff = now - timedelta(seconds=seconds)
-        condition = and_(JOBS.c.state == state.value, which, since < cutoff)
+        # The active states written out: the partial index of jobs on a queue, which leads with
+        # ``state``, is the reaper's (revision 0010), and SQLite uses it only for a query that
+        # says its predicate.
+        condition = and_(
+            JOBS.c.state == state.value, text(ACTIVE_QUEUE_STATES), which, since < cutoff
+        )
         verdicts: dict[tuple[JobState, str], list[tuple[str, int]]] = {}
         for job_id, attempt, silent_since, interval, lost_at, host, pid in conn.execute(
             select(*columns).where(condition)

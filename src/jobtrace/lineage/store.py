@@ -21,7 +21,7 @@ from jobtrace.exceptions import StoreError
 
 VERSION_TABLE = "jobtrace_alembic_version"
 #: The newest migration; a test checks it against the migration scripts.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 SQLITE_BUSY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10
 _PG_LOCK_KEY = 0x6A6F6274  # "jobt": serialises concurrent upgrades on PostgreSQL
