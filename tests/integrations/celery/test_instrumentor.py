@@ -448,6 +448,23 @@ def test_the_broker_server_comes_from_the_apps_broker_url(
     assert _broker_server(app) == server
 
 
+def test_without_contrib_imported_a_message_does_not_check_the_receivers_order(
+    instrumentor: CeleryInstrumentor, telemetry: CapturedTelemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """python-contrib never imported cannot be instrumenting: a publish and a run trace without
+    looking at the signals' receivers (1.6 us each time)."""
+    instrument_celery(record=False)
+    monkeypatch.delitem(sys.modules, "opentelemetry.instrumentation.celery")
+    checks: list[object] = []
+    monkeypatch.setattr(
+        CeleryInstrumentor, "order_after_contrib", lambda self: checks.append(self) or False
+    )
+    memory_app().send_task("Child", args=(1,), queue=QUEUE)
+    memory_app(eager=True).tasks["Child"].delay(2)
+    assert checks == []
+    assert len(telemetry.send_spans("Child")) == 1
+
+
 def test_the_broker_server_is_read_again_only_after_a_while(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

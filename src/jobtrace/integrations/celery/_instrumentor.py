@@ -160,6 +160,8 @@ class CeleryInstrumentor(QueueInstrumentor):
         comes after jobtrace's this one time (contrib was instrumented since the last check),
         jobtrace records the lineage without a span rather than make a second one.
         """
+        if not self._deferring and _CONTRIB_MODULE not in sys.modules:
+            return None  # contrib is not even imported: nothing to order, no span to adopt
         moved = self.order_after_contrib()
         if not self._deferring:
             return None
