@@ -57,6 +57,9 @@ DONE_STATES = frozenset(
     }
 )
 FAILED_STATES = frozenset({JobState.FAILED, JobState.DISCARDED, JobState.CRASHED})
+# The builders' states, looked up once (an enum member read off its class is a descriptor call).
+_QUEUED = JobState.QUEUED
+_RUNNING = JobState.RUNNING
 
 RecordKind = Literal["enqueued", "started", "heartbeat", "finished", "lost"]
 
@@ -186,7 +189,7 @@ def enqueued(
             info.job_id,
             info.attempt,
             info.name,
-            JobState.QUEUED,
+            _QUEUED,
             info.queue,
             info.system,
             info.parent_job_id,
@@ -237,7 +240,7 @@ def _sent(
             job_id,
             1,  # attempt
             name,
-            JobState.QUEUED,
+            _QUEUED,
             queue,
             system,
             parent_job_id,
@@ -279,7 +282,7 @@ def started(
             info.job_id,
             info.attempt,
             info.name,
-            JobState.RUNNING,
+            _RUNNING,
             info.queue,
             info.system,
             info.parent_job_id,

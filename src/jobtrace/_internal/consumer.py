@@ -42,6 +42,12 @@ R = TypeVar("R")
 RetryDecision = bool | Callable[[BaseException], bool]
 _HOST = socket.gethostname()
 _MAX_ERROR_MESSAGE = 2000
+# Looked up once: an enum member read off its class costs a descriptor call every time.
+_RUNNING = JobState.RUNNING
+_SUCCEEDED = JobState.SUCCEEDED
+_DISCARDED = JobState.DISCARDED
+_MARKED_OUTCOMES = frozenset({JobState.DISCARDED, JobState.CANCELLED, JobState.SKIPPED})
+"""Outcomes a run's span gets a ``jobtrace.outcome`` event for."""
 
 
 class JobRun:
@@ -116,9 +122,12 @@ class JobRun:
     def _start(self) -> None:
         settings = get_settings()
         incoming = read_run_metadata(self.metadata, self.name, self.job_id)
-        job_id = self.job_id or incoming.job_id or new_job_id()
-        if not is_valid_job_id(job_id):  # a queue's own id, under the metadata's rule
-            job_id = repair_job_id(job_id)
+        job_id = self.job_id
+        if job_id:
+            if not is_valid_job_id(job_id):  # a queue's own id, under the metadata's rule
+                job_id = repair_job_id(job_id)
+        else:  # the metadata's was read by that rule; a new one keeps it
+            job_id = incoming.job_id or new_job_id()
         attempt = self.attempt or incoming.attempt or 1
         relationship: Relationship = incoming.relationship or "child"
         parent_context, links = _parent_and_links(incoming, relationship)
@@ -180,13 +189,13 @@ class JobRun:
         self._context = job_context = trace.set_span_in_context(span, parent_context)
         self._context_token = otel_context.attach(job_context)
         self._job_token = current._current.set(self._job)
-        self.state = JobState.RUNNING
+        self.state = _RUNNING
         metrics = instruments(self.meter_provider)
         metrics.consumed.add(shape.consumed_key)
         if queue_wait is not None:
             # The job's context given, not looked up: it is the current one (for exemplars).
             metrics.queue_wait.record(queue_wait, shape.job_attributes, job_context)
-        if records.has_sinks():
+        if records._sinks:  # records.has_sinks(), without the call
             records.emit(
                 records.started(
                     self.info,
@@ -194,7 +203,7 @@ class JobRun:
                     args=recorded_args,
                     enqueued_at=incoming.enqueued_at,
                     host=_HOST,
-                    pid=_pid(),
+                    pid=_pid_now,
                 )
             )
 
@@ -243,7 +252,7 @@ class JobRun:
         outcome = state or _outcome(job, error, bool(will_retry))
         reason = reason or job.reason
         self.state = outcome
-        attributes: dict[str, Any] = {semconv.JOB_OUTCOME: outcome.value}
+        attributes: dict[str, Any] = {semconv.JOB_OUTCOME: outcome._value_}
         if reason:
             attributes[semconv.JOB_OUTCOME_REASON] = reason
         for kind, amount in job.items.items():
@@ -271,12 +280,12 @@ class JobRun:
                 span.set_status(
                     Status(StatusCode.ERROR, semconv.status_description(message, error_type))
                 )
-        elif outcome is JobState.DISCARDED:
+        elif outcome is _DISCARDED:
             error_type = reason or "discarded"
             attributes[semconv.ERROR_TYPE] = error_type
             # The reason is error.type already (and jobtrace.job.outcome_reason): no description.
             span.set_status(Status(StatusCode.ERROR))
-        if outcome in (JobState.DISCARDED, JobState.CANCELLED, JobState.SKIPPED):
+        if outcome in _MARKED_OUTCOMES:
             span.add_event(
                 semconv.EVENT_OUTCOME, {"outcome": outcome.value, "reason": reason or ""}
             )
@@ -292,7 +301,7 @@ class JobRun:
             finished - self._started_at, process_attributes, self._context
         )
         metrics.outcomes.add(outcome_key)
-        if records.has_sinks():
+        if records._sinks:  # records.has_sinks(), without the call
             records.emit(
                 records.finished(
                     info,
@@ -304,7 +313,7 @@ class JobRun:
                     error_message=message,
                     reason=reason,
                     host=_HOST,
-                    pid=_pid(),
+                    pid=_pid_now,
                 )
             )
         flush_now = self.flush if self.flush is not None else settings.flush_on_job_end
@@ -418,15 +427,16 @@ class _Shape:
         self.consumed_key: TallyKey = tuple(messaging.items())
         self.job_attributes = job
         self._messaging = messaging
-        self._outcomes: dict[JobState, tuple[dict[str, str | int], TallyKey]] = {}
+        self._outcomes: dict[str, tuple[dict[str, str | int], TallyKey]] = {}
 
     def of_outcome(self, outcome: JobState) -> tuple[dict[str, str | int], TallyKey]:
         """``messaging.process.duration``'s attributes (no ``error.type``) and the outcome's key."""
-        found = self._outcomes.get(outcome)
+        value = outcome._value_
+        found = self._outcomes.get(value)
         if found is None:
-            by_outcome = {**self.job_attributes, semconv.JOB_OUTCOME: outcome.value}
+            by_outcome = {**self.job_attributes, semconv.JOB_OUTCOME: value}
             found = ({**self._messaging, **by_outcome}, tuple(by_outcome.items()))
-            self._outcomes[outcome] = found
+            self._outcomes[value] = found
         return found
 
 
@@ -446,16 +456,15 @@ def _shape_of(system: str, name: str, queue: str | None, server: semconv.Server 
 
 
 _pid_now = os.getpid()
-
-
-def _pid() -> int:
-    """This process's id, read once per process rather than by a system call per record."""
-    return _pid_now
+"""This process's id, read once per process (and after a fork) rather than by a system call per record."""
 
 
 def _note_fork() -> None:
     global _pid_now
     _pid_now = os.getpid()
+
+
+"""This process's id, read once per process (and after a fork) rather than by a system call per record."""
 
 
 os.register_at_fork(after_in_child=_note_fork)
@@ -486,7 +495,7 @@ def _outcome(job: current.ActiveJob, error: BaseException | None, will_retry: bo
     if job.outcome is not None:
         return job.outcome
     if error is None:
-        return JobState.SUCCEEDED
+        return _SUCCEEDED
     if isinstance(error, asyncio.CancelledError):
         return JobState.CANCELLED
     return JobState.RETRYING if will_retry else JobState.FAILED

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from jobtrace._internal.config import Settings
 
@@ -243,20 +243,11 @@ def _plain_dict(value: dict[Any, Any], redact_keys: frozenset[str]) -> dict[str,
     return out
 
 
-class _Recorded(NamedTuple):
-    """The last plain dict of arguments recorded, and what it was recorded as."""
-
-    args: dict[Any, Any]
-    keys: tuple[str, ...]
-    values: tuple[object, ...]
-    redact_keys: frozenset[str]
-    max_length: int
-    text: str
-
-
-_last: _Recorded | None = None
-"""One entry: a job's run in the process that sent it (``LocalQueue``, an eager mode, a
-benchmark) records the very dict the send did, unchanged, so its text is the send's."""
+_last: tuple[dict[Any, Any], tuple[str, ...], tuple[object, ...], frozenset[str], int, str] | None
+_last = None
+"""The last plain dict of arguments recorded: the dict, its keys and values, the redacted keys and
+length limit, and its text. One entry: a job's run in the process that sent it (``LocalQueue``, an
+eager mode, a benchmark) records the very dict the send did, unchanged, so its text is the send's."""
 
 
 def args_text(settings: Settings, args: Any) -> str | None:
@@ -275,13 +266,13 @@ def args_text(settings: Settings, args: Any) -> str | None:
     last = _last
     if (
         last is not None
-        and last.args is args
-        and last.redact_keys is redact_keys
-        and last.max_length == max_length
-        and last.keys == tuple(args)
-        and all(map(operator.is_, args.values(), last.values))
+        and last[0] is args
+        and last[3] is redact_keys
+        and last[4] == max_length
+        and last[1] == tuple(args)
+        and all(map(operator.is_, args.values(), last[2]))
     ):
-        return last.text
+        return last[5]
     try:
         plain = _plain_dict(args, redact_keys)
     except Exception:  # changed while read: the general way says what it can
@@ -291,7 +282,7 @@ def args_text(settings: Settings, args: Any) -> str | None:
     text = _encode(plain)
     if len(text) > max_length:
         text = text[: max(0, max_length - len(TRUNCATED))] + TRUNCATED
-    _last = _Recorded(args, tuple(plain), tuple(args.values()), redact_keys, max_length, text)
+    _last = (args, tuple(plain), tuple(args.values()), redact_keys, max_length, text)
     return text
 
 
