@@ -236,13 +236,15 @@ def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_t
 ) -> None:
     """An 0009 store upgraded to 0010 keeps its rows, loses ``(state, heartbeat_at)`` (every
     finished job was in it) and keeps ``(depth, enqueued_at)`` for roots only; the reaper's
-    reads of running and queued jobs are ranges of the partial index of jobs on a queue, and the
-    runs list still reads the roots' index."""
+    reads of running and queued jobs are ranges of the partial index of jobs on a queue, the
+    runs list still reads the roots' index, and a list across runs by state alone reads the
+    partial index of its states (no read scans the jobs)."""
     from datetime import datetime, timezone
 
     from alembic import command
     from sqlalchemy import event
 
+    from jobtrace.lineage.joblist import JobFilter
     from jobtrace.lineage.queries import LineageStore
     from jobtrace.lineage.reaper import reap
 
@@ -285,6 +287,8 @@ def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_t
             reads = len(seen)
             with LineageStore(url) as lineage:
                 lineage.runs(20)
+                for states in (("discarded",), ("crashed", "failed"), ("queued",), ("running",)):
+                    lineage.jobs(JobFilter(states=states))
         finally:
             event.remove(Engine, "before_cursor_execute", capture)
         assert reads == 2, seen  # running, then queued
@@ -300,5 +304,11 @@ def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_t
         engine.dispose()
     for plan in plans[:reads]:
         assert "USING INDEX ix_jobtrace_jobs_active_queues (state=?)" in plan, plans
-    assert any(f"INDEX {roots}" in plan for plan in plans[reads:]), plans
+    assert f"INDEX {roots}" in plans[reads], plans
+    # A list across runs by state alone: a rare state's index, or the active jobs' one.
+    lists = plans[reads + 1 :]
+    assert sum("INDEX ix_jobtrace_jobs_rare_states (state=?" in plan for plan in lists) >= 2, lists
+    assert sum("INDEX ix_jobtrace_jobs_active_queues (state=?" in plan for plan in lists) >= 2, (
+        lists
+    )
     assert not any("SCAN jobtrace_jobs" in plan for plan in plans), plans

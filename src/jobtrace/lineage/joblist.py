@@ -40,8 +40,9 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import TextClause
 
-from jobtrace.lineage.models import ACTIVE_QUEUE_STATES, ID_LENGTH, NAME_LENGTH
+from jobtrace.lineage.models import ACTIVE_QUEUE_STATES, ID_LENGTH, NAME_LENGTH, RARE_STATES
 from jobtrace.records import JobState
 
 __all__ = [
@@ -64,6 +65,9 @@ __all__ = [
 
 #: Not a stored state: a queued job whose ``due_at`` is still ahead (as the stage counts say).
 SCHEDULED = "scheduled"
+#: The stored states of the partial indexes' predicates (models.py), as sets.
+_ACTIVE = frozenset(re.findall(r"'(\w+)'", ACTIVE_QUEUE_STATES))
+_RARE = frozenset(re.findall(r"'(\w+)'", RARE_STATES))
 #: Every state a list filters on: the stored ones and ``scheduled``.
 LIST_STATES = (*(state.value for state in JobState), SCHEDULED)
 #: Most jobs on one page.
@@ -433,9 +437,9 @@ def queues(conn: Connection, jobs: Table, *, now: datetime) -> list[QueueView]:
 
 def _conditions(
     conn: Connection, jobs: Table, where: JobFilter, now: datetime
-) -> list[ColumnElement[bool]]:
+) -> list[ColumnElement[bool] | TextClause]:
     c = jobs.c
-    found: list[ColumnElement[bool]] = []
+    found: list[ColumnElement[bool] | TextClause] = []
     if where.run is not None:
         found.append(c.root_job_id == where.run)
     if where.parent is not None:
@@ -446,6 +450,12 @@ def _conditions(
         found.append(c.name == where.name)
     if where.states:
         found.append(_states(jobs, where.states, now))
+        # The predicate of the partial index holding every one of these states, written out so
+        # SQLite sees the query implies it: a list across runs by state reads that index.
+        stored = {JobState.QUEUED.value if s == SCHEDULED else s for s in where.states}
+        for states, predicate in ((_ACTIVE, ACTIVE_QUEUE_STATES), (_RARE, RARE_STATES)):
+            if stored <= states:
+                found.append(text(predicate))
     if where.queue is not None:
         found.append(c.queue == where.queue)
     if where.since is not None:

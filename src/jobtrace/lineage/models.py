@@ -148,6 +148,18 @@ Index(
     sqlite_where=text(ACTIVE_QUEUE_STATES),
     postgresql_where=text(ACTIVE_QUEUE_STATES),
 )
+#: The jobs that ended other than succeeding, or that nobody knows the fate of: the states a list
+#: across runs asks for by state (revision 0010; the job lists write this predicate out, as
+#: SQLite's planner needs). Few jobs are in them, so a job that succeeds costs it nothing.
+RARE_STATES = "state IN ('cancelled', 'crashed', 'discarded', 'failed', 'skipped', 'unknown')"
+Index(
+    "ix_jobtrace_jobs_rare_states",
+    Job.state,
+    Job.enqueued_at,
+    Job.job_id,
+    sqlite_where=text(RARE_STATES),
+    postgresql_where=text(RARE_STATES),
+)
 #: A run's stage × queue × state with the times the run page needs: its counts, the stuck
 #: check and the stage times read this index alone (revision 0007).
 Index(

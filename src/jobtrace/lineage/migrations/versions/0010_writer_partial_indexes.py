@@ -1,5 +1,5 @@
 """Fewer index entries for the writer: ``(state, heartbeat_at)`` goes, ``(depth, enqueued_at)``
-holds roots only (issue 8).
+holds roots only, the rare states get a partial index (issue 8).
 
 Every index of ``jobtrace_jobs`` costs every record the writer stores (an upsert sets every
 column on SQLite; on PostgreSQL no update is HOT), unless the row is outside a partial index's
@@ -10,12 +10,16 @@ predicate before and after the write.
   ``ix_jobtrace_jobs_active_queues``, which leads with ``state`` and holds exactly the jobs on a
   queue, answers the same range (the reaper writes the index's predicate out, so SQLite sees
   that its query implies it). Finished jobs were the bulk of the old index.
+- Lists across runs by state alone read ``(state, heartbeat_at)`` too: the states few jobs end
+  in (failed, discarded, crashed, cancelled, skipped, unknown) get a partial ``(state,
+  enqueued_at, job_id)`` of their own, which pages them in order; the active states read the
+  partial index of jobs on a queue. A succeeded job is in neither.
 - ``(depth, enqueued_at)`` served the runs list, which reads roots only (``depth = 0``, written
   literally): it keeps its name and columns, with that predicate; a job below the root costs it
   nothing.
 
-The new index holds one row per run, but building it reads the table: on a big PostgreSQL
-store, that is a scan under a lock that blocks writes (dropping is quick).
+The new indexes hold few rows (one per run; the rare states), but building them reads the
+table: on a big PostgreSQL store, that is a scan under a lock that blocks writes.
 
 Revision ID: 0010
 Revises: 0009
@@ -33,7 +37,9 @@ depends_on = None
 
 REAPER = "ix_jobtrace_jobs_state_heartbeat_at"
 RUNS = "ix_jobtrace_jobs_depth_enqueued_at"
+RARE = "ix_jobtrace_jobs_rare_states"
 ROOTS = "depth = 0"
+RARE_STATES = "state IN ('cancelled', 'crashed', 'discarded', 'failed', 'skipped', 'unknown')"
 
 
 def upgrade() -> None:
@@ -46,9 +52,18 @@ def upgrade() -> None:
         sqlite_where=sa.text(ROOTS),
         postgresql_where=sa.text(ROOTS),
     )
+    op.create_index(
+        RARE,
+        "jobtrace_jobs",
+        ["state", "enqueued_at", "job_id"],
+        sqlite_where=sa.text(RARE_STATES),
+        postgresql_where=sa.text(RARE_STATES),
+        if_not_exists=True,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(RARE, table_name="jobtrace_jobs", if_exists=True)
     op.drop_index(RUNS, table_name="jobtrace_jobs", if_exists=True)
     op.create_index(RUNS, "jobtrace_jobs", ["depth", "enqueued_at"])
     op.create_index(REAPER, "jobtrace_jobs", ["state", "heartbeat_at"], if_not_exists=True)
