@@ -39,7 +39,10 @@ REAPER = "ix_jobtrace_jobs_state_heartbeat_at"
 RUNS = "ix_jobtrace_jobs_depth_enqueued_at"
 RARE = "ix_jobtrace_jobs_rare_states"
 ROOTS = "depth = 0"
-RARE_STATES = "state IN ('cancelled', 'crashed', 'discarded', 'failed', 'skipped', 'unknown')"
+RARE_STATES = (
+    "(state = 'cancelled' OR state = 'crashed' OR state = 'discarded' OR state = 'failed'"
+    " OR state = 'skipped' OR state = 'unknown')"
+)
 
 
 def upgrade() -> None:
