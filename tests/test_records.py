@@ -237,3 +237,38 @@ def test_builders_fill_every_field_as_the_keyword_form_would() -> None:
         **identity,
     )
     assert records.finished(info, JobState.SUCCEEDED, at=4.0).heartbeat_at is None
+
+
+def test_the_job_paths_builders_make_what_the_keyword_forms_make() -> None:
+    """``job_info`` and ``enqueued_from`` are shortcuts, not other objects."""
+    fields = dict(
+        job_id="a" * 32,
+        name="PageJob",
+        root_job_id="b" * 32,
+        depth=1,
+        queue="pages",
+        attempt=1,
+        parent_job_id="b" * 32,
+        system="celery",
+        trace_id="c" * 32,
+        span_id=None,
+    )
+    info = records.JobInfo(**fields)  # type: ignore[arg-type]
+    made = records.job_info(*fields.values())  # type: ignore[arg-type]
+    assert made == info
+    assert hash(made) == hash(info)
+    assert type(made) is records.JobInfo
+    sent = records.enqueued_from(
+        info.job_id,
+        info.name,
+        info.root_job_id,
+        info.depth,
+        info.queue,
+        info.parent_job_id,
+        info.system,
+        info.trace_id,
+        at=5.0,
+        args='{"page": 3}',
+        due_at=9.0,
+    )
+    assert sent == records.enqueued(info, at=5.0, args='{"page": 3}', due_at=9.0)

@@ -143,7 +143,7 @@ _new_object = object.__new__
 _set_field = object.__setattr__
 
 
-def _job_info(
+def job_info(
     job_id: str,
     name: str,
     root_job_id: str,
@@ -214,7 +214,7 @@ def enqueued(
     )
 
 
-def _sent(
+def enqueued_from(
     job_id: str,
     name: str,
     root_job_id: str,

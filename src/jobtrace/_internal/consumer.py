@@ -172,7 +172,7 @@ class JobRun:
             for link in links:
                 span.add_link(link.context, link.attributes)
         span_context = span.get_span_context()
-        self.info = records._job_info(
+        self.info = records.job_info(
             job_id,
             self.name,
             root_job_id,
@@ -195,7 +195,7 @@ class JobRun:
         if queue_wait is not None:
             # The job's context given, not looked up: it is the current one (for exemplars).
             metrics.queue_wait.record(queue_wait, shape.job_attributes, job_context)
-        if records._sinks:  # records.has_sinks(), without the call
+        if records.has_sinks():
             records.emit(
                 records.started(
                     self.info,
@@ -301,7 +301,7 @@ class JobRun:
             finished - self._started_at, process_attributes, self._context
         )
         metrics.outcomes.add(outcome_key)
-        if records._sinks:  # records.has_sinks(), without the call
+        if records.has_sinks():
             records.emit(
                 records.finished(
                     info,
@@ -462,9 +462,6 @@ _pid_now = os.getpid()
 def _note_fork() -> None:
     global _pid_now
     _pid_now = os.getpid()
-
-
-"""This process's id, read once per process (and after a fork) rather than by a system call per record."""
 
 
 os.register_at_fork(after_in_child=_note_fork)

@@ -161,10 +161,10 @@ class Enqueue:
             relationship=self.relationship,
             due_at=due_at,
         )
-        if records._sinks:  # records.has_sinks(), without the call
+        if records.has_sinks():
             # The send's record straight from its fields: the JobInfo it was made of went nowhere.
             records.emit(
-                records._sent(
+                records.enqueued_from(
                     self.job_id,
                     self.name,
                     root_job_id,

@@ -132,8 +132,8 @@ class CeleryInstrumentor(QueueInstrumentor):
     def order_after_contrib(self) -> bool:
         """Put jobtrace's receivers after contrib's where they open, before them where they close.
 
-        Cheap when nothing changed; called at ``instrument()``, when a worker process starts and
-        before each message. Returns whether jobtrace's opening receivers had to move, that is
+        Cheap when nothing changed; called at ``instrument()``, when a worker process starts and,
+        once contrib's module is imported, before each message. Returns whether jobtrace's opening receivers had to move, that is
         whether the signal being sent right now still calls them before contrib's.
         """
         contrib = _active_contrib()
