@@ -11,6 +11,9 @@ from typing import Any
 import jobtrace
 from jobtrace._internal.config import Settings, update_settings
 from jobtrace._internal.redaction import (
+    _INT_LIMIT,
+    _MAX_ITEMS,
+    _MAX_STRING,
     REDACTED,
     TRUNCATED,
     args_text,
@@ -268,24 +271,111 @@ def test_recorded_text_is_the_standard_encoders_compact_json() -> None:
     assert text == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
 
 
-def test_plain_dict_args_are_recorded_as_the_general_way_records_them() -> None:
-    """``args_text``'s way for dicts of plain scalars makes the text ``redact_args`` makes."""
-    cases: list[dict[str, Any]] = [
-        {},
-        {"source": "example-cinema", "movie_id": 4402192, "page": 3, "api_key": "k-123"},
-        {"n": 1, "ok": True, "x": 1.0, "none": None, "inf": float("-inf"), "big": 1 << 3000},
-        {"name": "café ✓", "quote": 'say "hi"\n', "long": "y" * 5000},
-        {f"k{i}": i for i in range(150)},  # more than 100 items
-        {"password": [1, 2], "list": [1]},
-    ]
-    settings = Settings(max_args_length=60)
-    for args in cases:
-        for chosen in (DEFAULT, settings):
-            expected = redact_args(
-                args, redact_keys=chosen.redact_keys, max_length=chosen.max_args_length
-            )
-            assert args_text(chosen, args) == expected
-            assert args_text(chosen, args) == expected  # again: the same dict, unchanged
+class _PlainStr(str):
+    pass
+
+
+class _PlainInt(int):
+    pass
+
+
+class _PlainFloat(float):
+    pass
+
+
+# Dicts ``args_text`` records without the general walk: only str keys, and values of exactly
+# bool, None, int (within the limit), float and str (within the limit), at most the item limit.
+_FAST_PATH_CASES: list[dict[str, Any]] = [
+    {},
+    {"source": "example-cinema", "movie_id": 4402192, "page": 3, "api_key": "k-123"},
+    {
+        "yes": True,
+        "no": False,
+        "none": None,
+        "zero": 0,
+        "negative": -7,
+        "x": 2.5,
+        "negative_zero": -0.0,
+        "tiny": 5e-324,
+        "largest": 1.7976931348623157e308,
+        "inf": float("inf"),
+        "minus_inf": float("-inf"),
+        "nan": float("nan"),
+        "one": 1,
+        "one_float": 1.0,
+    },
+    {
+        "unicode": "café ✓ 日本語 😀",
+        "quote": 'say "hi"',
+        "backslash": "C:\\path\\ and \\u0041",
+        "control": "\x00\x01\x08\t\n\x0b\x0c\r\x1b\x1f\x7f\x85",
+        "separators": "\u2028\u2029",
+        "surrogate": "\ud800",
+        "empty": "",
+    },
+    {'k"ey': 1, "k\\ey": 2, "clé\n": 3, "": 4, "\x00": 5, "😀": 6},
+    {"Password": "p", "API_KEY": 1, "x_token_y": None, "secret": 2.5, "page": 3},
+    {f"k{i}": i for i in range(_MAX_ITEMS)},  # exactly the item limit
+    {"at_limit": "y" * _MAX_STRING, "unicode_at_limit": "é" * _MAX_STRING},
+    {"big": _INT_LIMIT - 1, "small": -_INT_LIMIT + 1},  # the largest ints printed as they are
+]
+
+# Dicts the fast way declines, each for one reason (most of them one past a limit); the general
+# walk records them.
+_GENERAL_PATH_CASES: list[dict[Any, Any]] = [
+    {f"k{i}": i for i in range(_MAX_ITEMS + 1)},  # one item over the limit
+    {f"k{i}": i for i in range(150)},
+    {"page": 3, "over_limit": "y" * (_MAX_STRING + 1)},
+    {"page": 3, "long": "y" * 5000},
+    {"password": "p" * (_MAX_STRING + 1)},  # a secret, but too long to take the fast way
+    {"big": _INT_LIMIT},
+    {"small": -_INT_LIMIT},
+    {"big": 1 << 3000},
+    {1: "a", "b": 2},
+    {"name": _PlainStr("ana")},
+    {"page": _PlainInt(3)},
+    {"x": _PlainFloat(2.5)},
+    {"ids": (1, 2)},
+    {"nested": {"page": 1}},
+    {"password": [1, 2], "list": [1]},
+    {"n": 1, "ok": True, "x": 1.0, "none": None, "inf": float("-inf"), "big": 1 << 3000},
+    {"name": "café ✓", "quote": 'say "hi"\n', "long": "y" * 5000},
+]
+
+
+def test_plain_dict_args_are_recorded_as_the_general_way_records_them(monkeypatch: Any) -> None:
+    """``args_text``'s way for dicts of plain scalars makes the text ``redact_args`` (which never
+    takes it) makes, under several settings, and those dicts do take it; the dicts it declines
+    (one past each limit, other types) are recorded the general way."""
+    from jobtrace._internal import redaction
+
+    results: list[object] = []
+    real = redaction._plain_dict
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        results.append(result)
+        return result
+
+    monkeypatch.setattr(redaction, "_plain_dict", spy, raising=True)
+    chosen_settings = (
+        DEFAULT,
+        Settings(max_args_length=60),
+        Settings(redact_keys=frozenset({"page", "k1", "unicode"})),
+    )
+    for fast, cases in ((True, _FAST_PATH_CASES), (False, _GENERAL_PATH_CASES)):
+        for args in cases:
+            for chosen in chosen_settings:
+                results.clear()
+                expected = redact_args(
+                    args, redact_keys=chosen.redact_keys, max_length=chosen.max_args_length
+                )
+                assert results == []  # the reference is the general walk alone
+                assert args_text(chosen, dict(args)) == expected
+                assert len(results) == 1
+                assert (results[0] is not None) is fast, (fast, args)
+                assert args_text(chosen, args) == expected
+                assert args_text(chosen, args) == expected  # again: the same dict, unchanged
 
 
 def test_the_same_unchanged_dict_is_not_redacted_twice(monkeypatch: Any) -> None:
