@@ -415,3 +415,24 @@ def test_a_changed_dict_is_recorded_again() -> None:
     )
     whole = '{"name":"a","page":1.0,"token":"[REDACTED]"}'
     assert args_text(Settings(max_args_length=20), args) == whole[: 20 - len(TRUNCATED)] + TRUNCATED
+
+
+def test_a_dict_written_while_it_is_read_is_not_cached_with_another_moments_text(
+    monkeypatch: Any,
+) -> None:
+    """The text and the cache entry come from one read: a later run of the dict is not stale."""
+    from jobtrace._internal import redaction
+
+    args: dict[str, Any] = {"page": 1, "a-key-no-test-has-seen": "x"}
+
+    def another_thread_writes(key: str, redact_keys: frozenset[str]) -> bool:
+        if key == "a-key-no-test-has-seen":
+            args["page"] = 99  # another thread, between reading "page" and the last key
+        return is_secret(key, redact_keys)
+
+    monkeypatch.setattr(redaction, "is_secret", another_thread_writes)
+    args_text(DEFAULT, args)
+    monkeypatch.setattr(redaction, "is_secret", is_secret)
+    assert args_text(DEFAULT, args) == redact_args(
+        args, redact_keys=DEFAULT.redact_keys, max_length=DEFAULT.max_args_length
+    )

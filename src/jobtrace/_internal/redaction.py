@@ -214,17 +214,20 @@ def redact_args(args: Any, *, redact_keys: frozenset[str], max_length: int) -> s
     return text
 
 
-def _plain_dict(value: dict[Any, Any], redact_keys: frozenset[str]) -> dict[str, Any] | None:
-    """:func:`_clean` of a dict of short plain scalars under string keys; ``None`` for any other.
+def _plain_dict(
+    items: tuple[tuple[Any, Any], ...], redact_keys: frozenset[str]
+) -> dict[str, Any] | None:
+    """:func:`_clean` of a dict's ``items`` if they are short plain scalars under string keys.
 
-    The same dict :func:`_clean_mapping` makes of it. Such arguments' JSON depends on nothing
-    but the keys in order and the (immutable) values, which :func:`args_text` relies on.
+    The same dict :func:`_clean_mapping` makes of it, else ``None``. Such arguments' JSON depends
+    on nothing but the keys in order and the (immutable) values, which :func:`args_text` relies
+    on. ``items`` is one snapshot of the dict, so its text and its cache entry say the same.
     """
-    if len(value) > _MAX_ITEMS:
+    if len(items) > _MAX_ITEMS:
         return None
     secrets = _secrets(redact_keys)
     out: dict[str, Any] = {}
-    for key, item in value.items():
+    for key, item in items:
         if type(key) is not str:
             return None
         kind = type(item)
@@ -243,6 +246,7 @@ def _plain_dict(value: dict[Any, Any], redact_keys: frozenset[str]) -> dict[str,
     return out
 
 
+_second = operator.itemgetter(1)
 _last: tuple[dict[Any, Any], tuple[str, ...], tuple[object, ...], frozenset[str], int, str] | None
 _last = None
 """The last plain dict of arguments recorded: the dict, its keys and values, the redacted keys and
@@ -274,15 +278,16 @@ def args_text(settings: Settings, args: Any) -> str | None:
     ):
         return last[5]
     try:
-        plain = _plain_dict(args, redact_keys)
-    except Exception:  # changed while read: the general way says what it can
-        plain = None
+        items = tuple(args.items())  # one read: another thread may write the dict meanwhile
+    except RuntimeError:  # changed size while read: the general way says what it can
+        return redact_args(args, redact_keys=redact_keys, max_length=max_length)
+    plain = _plain_dict(items, redact_keys)
     if plain is None:
         return redact_args(args, redact_keys=redact_keys, max_length=max_length)
     text = _encode(plain)
     if len(text) > max_length:
         text = text[: max(0, max_length - len(TRUNCATED))] + TRUNCATED
-    _last = (args, tuple(plain), tuple(args.values()), redact_keys, max_length, text)
+    _last = (args, tuple(plain), tuple(map(_second, items)), redact_keys, max_length, text)
     return text
 
 
