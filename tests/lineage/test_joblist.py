@@ -31,6 +31,7 @@ from jobtrace.lineage.joblist import (
     JobFilter,
     parse_filter,
 )
+from jobtrace.lineage.models import ACTIVE_QUEUE_STATES
 from jobtrace.lineage.queries import LineageStore
 from tests.lineage.builders import T0, CinemaRun, TreeBuilder, cinema_run, create_schema
 from tests.services import fresh_postgres_database
@@ -526,7 +527,7 @@ def test_the_stage_list_and_the_queue_view_read_their_indexes_on_sqlite(built: B
         queues = conn.execute(
             text(
                 "EXPLAIN QUERY PLAN SELECT queue, root_job_id, state, count(*), min(enqueued_at)"
-                " FROM jobtrace_jobs WHERE state IN ('queued', 'retrying', 'stalled', 'running')"
+                f" FROM jobtrace_jobs WHERE {ACTIVE_QUEUE_STATES}"
                 " AND (due_at IS NULL OR due_at <= '2024-01-01')"
                 " GROUP BY queue, root_job_id, state"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 from jobtrace.exceptions import StoreError
 from jobtrace.lineage import store
 from jobtrace.lineage.models import Base
+from jobtrace.records import JobState
 
 
 def test_head_revision_is_the_newest_migration() -> None:
@@ -312,3 +314,91 @@ def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_t
         lists
     )
     assert not any("SCAN jobtrace_jobs" in plan for plan in plans), plans
+
+
+def _index_definitions(engine: Engine) -> dict[str, str]:
+    """The jobs table's indexes as the database holds them: SQLite's ``sqlite_master`` SQL,
+    PostgreSQL's ``pg_indexes`` definitions."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = 'jobtrace_jobs' AND sql IS NOT NULL"
+            )
+        else:
+            rows = conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobtrace_jobs'"
+            )
+        return {str(name): str(sql) for name, sql in rows}
+
+
+def _predicate_states(definition: str) -> list[str]:
+    """The states of a partial index's ``state = ...`` equalities joined by ``OR``; fails on any
+    other predicate (an ``IN`` list, PostgreSQL's ``= ANY (ARRAY[...])``)."""
+    predicate = definition.split(" WHERE ", 1)[1]
+    terms = predicate.split(" OR ")
+    states = [
+        re.fullmatch(r"\(*(?:\(state\)::text|state) = '(\w+)'(?:::text)?\)*", term)
+        for term in terms
+    ]
+    assert all(states), definition
+    return [match.group(1) for match in states if match]
+
+
+def test_revision_0010_writes_the_state_indexes_predicates_as_equalities(store_url: str) -> None:
+    """Upgraded to 0010, the partial indexes of the active and of the rare states hold their
+    states as equalities joined by ``OR`` (SQLite evaluates a partial index's predicate on every
+    write, and an ``IN`` list of more than two values builds a lookup table each time), exactly
+    as models.py writes them, which the queries repeat; a store built from the models has the
+    same indexes as a migrated one; the downgrade to 0009 gives the active states back their
+    revision-0006 ``IN`` list."""
+    from alembic import command
+
+    from jobtrace.lineage import models
+    from tests.services import fresh_postgres_database
+
+    active, rare = "ix_jobtrace_jobs_active_queues", "ix_jobtrace_jobs_rare_states"
+    assert set(models.ACTIVE_STATE_VALUES) | set(models.RARE_STATE_VALUES) < {
+        state.value for state in JobState
+    }
+    store.upgrade(store_url)
+    engine = store.create_store_engine(store_url)
+    config = Config()
+    config.set_main_option("script_location", "jobtrace.lineage:migrations")
+    try:
+        migrated = _index_definitions(engine)
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0009")
+        downgraded = _index_definitions(engine)
+    finally:
+        engine.dispose()
+    assert _predicate_states(migrated[active]) == list(models.ACTIVE_STATE_VALUES), migrated
+    assert _predicate_states(migrated[rare]) == list(models.RARE_STATE_VALUES), migrated
+    assert rare not in downgraded, downgraded
+    if store_url.startswith("sqlite"):
+        assert migrated[active].endswith(f" WHERE {models.ACTIVE_QUEUE_STATES}"), migrated
+        assert migrated[rare].endswith(f" WHERE {models.RARE_STATES}"), migrated
+        assert downgraded[active].endswith(
+            " WHERE state IN ('queued', 'retrying', 'stalled', 'running')"
+        ), downgraded
+    else:
+        definition = downgraded[active]
+        assert "= ANY (" in definition, definition
+        assert " OR " not in definition, definition
+
+    # The models' own schema (compare_metadata does not compare partial indexes' predicates).
+    def built(url: str) -> dict[str, str]:
+        engine = store.create_store_engine(url)
+        try:
+            models.Base.metadata.create_all(engine)
+            return _index_definitions(engine)
+        finally:
+            engine.dispose()
+
+    if store_url.startswith("sqlite"):
+        from_models = built(store_url.replace("lineage.db", "from-models.db"))
+    else:
+        with fresh_postgres_database() as url:
+            from_models = built(url)
+    assert from_models == migrated

@@ -42,7 +42,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import TextClause
 
-from jobtrace.lineage.models import ACTIVE_QUEUE_STATES, ID_LENGTH, NAME_LENGTH, RARE_STATES
+from jobtrace.lineage.models import (
+    ACTIVE_QUEUE_STATES,
+    ACTIVE_STATE_VALUES,
+    ID_LENGTH,
+    NAME_LENGTH,
+    RARE_STATE_VALUES,
+    RARE_STATES,
+)
 from jobtrace.records import JobState
 
 __all__ = [
@@ -65,9 +72,9 @@ __all__ = [
 
 #: Not a stored state: a queued job whose ``due_at`` is still ahead (as the stage counts say).
 SCHEDULED = "scheduled"
-#: The stored states of the partial indexes' predicates (models.py), as sets.
-_ACTIVE = frozenset(re.findall(r"'(\w+)'", ACTIVE_QUEUE_STATES))
-_RARE = frozenset(re.findall(r"'(\w+)'", RARE_STATES))
+#: The stored states of the partial indexes' predicates (models.py builds both from these).
+_ACTIVE = frozenset(ACTIVE_STATE_VALUES)
+_RARE = frozenset(RARE_STATE_VALUES)
 #: Every state a list filters on: the stored ones and ``scheduled``.
 LIST_STATES = (*(state.value for state in JobState), SCHEDULED)
 #: Most jobs on one page.
@@ -75,12 +82,7 @@ MAX_PAGE = 1000
 #: A list counts its jobs up to this many and then says "more than".
 MAX_COUNT = 10_000
 #: Waiting or being worked on: what a queue holds.
-QUEUE_STATES = (
-    JobState.QUEUED.value,
-    JobState.RETRYING.value,
-    JobState.STALLED.value,
-    JobState.RUNNING.value,
-)
+QUEUE_STATES = ACTIVE_STATE_VALUES
 #: The query parameters :func:`parse_filter` reads, in the order links write them.
 FILTER_PARAMS = (
     "run",
