@@ -155,7 +155,7 @@ def job_info(
     trace_id: str | None,
     span_id: str | None,
 ) -> JobInfo:
-    """``JobInfo(...)`` from all its fields, positionally: the same object, made in two thirds the time.
+    """``JobInfo(...)`` from all its fields, positionally: the same object, in two thirds the time.
 
     For the job path, which makes one per run: the dataclass's own ``__init__`` parses ten keyword
     arguments and looks up ``object.__setattr__`` for each field.
@@ -182,35 +182,20 @@ def enqueued(
     due_at: float | None = None,
 ) -> JobRecord:
     """The record of a send: the job waits in its queue (scheduled when ``due_at`` is later)."""
-    return _new_record(
-        JobRecord,
-        (
-            "enqueued",
-            info.job_id,
-            info.attempt,
-            info.name,
-            _QUEUED,
-            info.queue,
-            info.system,
-            info.parent_job_id,
-            info.root_job_id,
-            info.depth,
-            info.trace_id,
-            info.span_id,
-            args,
-            None,  # items
-            None,  # progress
-            None,  # error_type
-            None,  # error_message
-            None,  # reason
-            None,  # host
-            None,  # pid
-            at,  # enqueued_at
-            due_at,
-            None,  # started_at
-            None,  # finished_at
-            None,  # heartbeat_at
-        ),
+    return enqueued_from(
+        info.job_id,
+        info.name,
+        info.root_job_id,
+        info.depth,
+        info.queue,
+        info.parent_job_id,
+        info.system,
+        info.trace_id,
+        at=at,
+        args=args,
+        due_at=due_at,
+        attempt=info.attempt,
+        span_id=info.span_id,
     )
 
 
@@ -227,18 +212,20 @@ def enqueued_from(
     at: float,
     args: str | None = None,
     due_at: float | None = None,
+    attempt: int = 1,
+    span_id: str | None = None,
 ) -> JobRecord:
-    """:func:`enqueued` of a first attempt from the job's fields, without a :class:`JobInfo` first.
+    """:func:`enqueued` from the job's fields, without a :class:`JobInfo` first.
 
-    The same record as ``enqueued(JobInfo(...), ...)`` (no span id: a send has none of the run's);
-    for the send path, which has no other use for the ``JobInfo``.
+    The same record as ``enqueued(JobInfo(...), ...)``; for the send path, which has no other use
+    for the ``JobInfo`` (a first attempt, and no span id: a send has none of the run's).
     """
     return _new_record(
         JobRecord,
         (
             "enqueued",
             job_id,
-            1,  # attempt
+            attempt,
             name,
             _QUEUED,
             queue,
@@ -247,7 +234,7 @@ def enqueued_from(
             root_job_id,
             depth,
             trace_id,
-            None,  # span_id
+            span_id,
             args,
             None,  # items
             None,  # progress

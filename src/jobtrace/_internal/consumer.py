@@ -456,7 +456,7 @@ def _shape_of(system: str, name: str, queue: str | None, server: semconv.Server 
 
 
 _pid_now = os.getpid()
-"""This process's id, read once per process (and after a fork) rather than by a system call per record."""
+"""This process's id, read once per process (and after a fork), not by a system call per record."""
 
 
 def _note_fork() -> None:

@@ -251,7 +251,8 @@ _last: tuple[dict[Any, Any], tuple[str, ...], tuple[object, ...], frozenset[str]
 _last = None
 """The last plain dict of arguments recorded: the dict, its keys and values, the redacted keys and
 length limit, and its text. One entry: a job's run in the process that sent it (``LocalQueue``, an
-eager mode, a benchmark) records the very dict the send did, unchanged, so its text is the send's."""
+eager mode, a benchmark) records the very dict the send did, unchanged, so its text is the
+send's."""
 
 
 def args_text(settings: Settings, args: Any) -> str | None:

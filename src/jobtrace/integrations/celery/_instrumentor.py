@@ -133,8 +133,9 @@ class CeleryInstrumentor(QueueInstrumentor):
         """Put jobtrace's receivers after contrib's where they open, before them where they close.
 
         Cheap when nothing changed; called at ``instrument()``, when a worker process starts and,
-        once contrib's module is imported, before each message. Returns whether jobtrace's opening receivers had to move, that is
-        whether the signal being sent right now still calls them before contrib's.
+        once contrib's module is imported, before each message. Returns whether jobtrace's opening
+        receivers had to move, that is whether the signal being sent right now still calls them
+        before contrib's.
         """
         contrib = _active_contrib()
         key = (contrib, *(len(signal.receivers) for signal in (*_OPENING, *_CLOSING)))
