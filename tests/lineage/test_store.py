@@ -14,7 +14,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from jobtrace.exceptions import StoreError
 from jobtrace.lineage import store
@@ -147,27 +147,43 @@ def test_postgres_engines_turn_jit_off(store_url: str) -> None:
         engine.dispose()
 
 
+def _upgrade_to(conn: Connection, revision: str) -> None:
+    """The store on ``conn`` migrated to ``revision`` (not further), in ``conn``'s transaction."""
+    from alembic import command
+
+    config = Config()
+    config.set_main_option("script_location", "jobtrace.lineage:migrations")
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
+def _insert_root(conn: Connection, state: str) -> None:
+    """One root job ``r`` in ``state``, written as any revision's table takes it."""
+    conn.exec_driver_sql(
+        "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
+        f" VALUES ('r', 'SyncJob', '{state}', 1, 'r', 0)"
+    )
+
+
+def _has_index(conn: Connection, name: str) -> bool:
+    """Whether the SQLite store on ``conn`` has an index (or any object) named ``name``."""
+    found = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = ?", (name,))
+    return found.first() is not None
+
+
 def test_an_analyzed_sqlite_store_gets_statistics_of_the_run_page_indexes(
     tmp_path: Path,
 ) -> None:
     """Revisions 0007 and 0008 analyze their indexes on a SQLite store analyzed before, so the
     planner does not misjudge them beside indexes it has statistics for; an unanalyzed store
     stays so."""
-    from alembic import command
-
     for analyzed in (True, False):
         url = f"sqlite:///{tmp_path / f'store-{analyzed}.db'}"
         engine = store.create_store_engine(url)
-        config = Config()
-        config.set_main_option("script_location", "jobtrace.lineage:migrations")
         try:
             with engine.begin() as conn:
-                config.attributes["connection"] = conn
-                command.upgrade(config, "0006")
-                conn.exec_driver_sql(
-                    "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
-                    " VALUES ('r', 'SyncJob', 'queued', 1, 'r', 0)"
-                )  # SQLite keeps no statistics of an empty table
+                _upgrade_to(conn, "0006")
+                _insert_root(conn, "queued")  # SQLite keeps no statistics of an empty table
                 if analyzed:
                     conn.exec_driver_sql("ANALYZE")
             store.upgrade(url)
@@ -194,32 +210,19 @@ def test_revision_0009_drops_the_stage_state_index_and_counts_stay_index_only(
     """An 0008 store upgraded to 0009 keeps its rows, loses the (root, depth, name, state) index
     every record paid for, and a run's counts per stage and state read the wider stage-list index
     alone."""
-    from alembic import command
-
     url = f"sqlite:///{tmp_path / 'store.db'}"
     engine = store.create_store_engine(url)
-    config = Config()
-    config.set_main_option("script_location", "jobtrace.lineage:migrations")
     gone = "ix_jobtrace_jobs_root_job_id_depth_name_state"
     try:
         with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0008")
-            conn.exec_driver_sql(
-                "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
-                " VALUES ('r', 'SyncJob', 'queued', 1, 'r', 0)"
-            )
-            assert conn.exec_driver_sql(
-                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
-            ).first()
+            _upgrade_to(conn, "0008")
+            _insert_root(conn, "queued")
+            assert _has_index(conn, gone)
         with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0009")
+            _upgrade_to(conn, "0009")
         with engine.connect() as conn:
             assert store.current_revision(conn) == "0009"
-            assert not conn.exec_driver_sql(
-                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
-            ).first()
+            assert not _has_index(conn, gone)
             assert conn.exec_driver_sql("SELECT count(*) FROM jobtrace_jobs").scalar() == 1
             plan = " ".join(
                 str(row[-1])
@@ -243,7 +246,6 @@ def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_t
     partial index of its states (no read scans the jobs)."""
     from datetime import datetime, timezone
 
-    from alembic import command
     from sqlalchemy import event
 
     from jobtrace.lineage.joblist import JobFilter
@@ -252,26 +254,16 @@ def test_revision_0010_leaves_the_writer_fewer_indexes_and_the_reaper_and_runs_t
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     engine = store.create_store_engine(url)
-    config = Config()
-    config.set_main_option("script_location", "jobtrace.lineage:migrations")
     gone, roots = "ix_jobtrace_jobs_state_heartbeat_at", "ix_jobtrace_jobs_depth_enqueued_at"
     try:
         with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0009")
-            conn.exec_driver_sql(
-                "INSERT INTO jobtrace_jobs (job_id, name, state, attempt, root_job_id, depth)"
-                " VALUES ('r', 'SyncJob', 'running', 1, 'r', 0)"
-            )
-            assert conn.exec_driver_sql(
-                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
-            ).first()
+            _upgrade_to(conn, "0009")
+            _insert_root(conn, "running")
+            assert _has_index(conn, gone)
         store.upgrade(url)
         with engine.connect() as conn:
             assert store.current_revision(conn) == "0010"
-            assert not conn.exec_driver_sql(
-                f"SELECT 1 FROM sqlite_master WHERE name = '{gone}'"
-            ).first()
+            assert not _has_index(conn, gone)
             sql = conn.exec_driver_sql(
                 f"SELECT sql FROM sqlite_master WHERE name = '{roots}'"
             ).scalar_one()
