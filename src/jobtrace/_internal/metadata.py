@@ -549,15 +549,7 @@ def read_metadata(metadata: object, *, job_description: str) -> Incoming:
         metadata: The job's metadata as it arrived: anything at all.
         job_description: Names the job in the warning (its name, and its queue's id if known).
     """
-    if metadata is None:
-        return _EMPTY
-    try:
-        return _read(metadata, job_description)
-    except Exception:  # a bug here must not cost the job its span
-        logger.warning(
-            "jobtrace: reading the metadata of %s failed", job_description, exc_info=True
-        )
-        return _EMPTY
+    return _read_described(metadata, lambda: job_description)
 
 
 def read_run_metadata(metadata: object, name: str, job_id: str | None) -> Incoming:
@@ -566,24 +558,22 @@ def read_run_metadata(metadata: object, name: str, job_id: str | None) -> Incomi
     The run of job ``name`` (with the queue's id ``job_id``, if any); the description is made for
     metadata that is not well formed, which is all a warning or an error log names.
     """
+    return _read_described(metadata, lambda: f"job {name} {job_id or ''}".rstrip())
+
+
+def _read_described(metadata: object, describe: Callable[[], str]) -> Incoming:
+    """The common case without a copy, else the checked way; ``describe()`` names the job."""
     if metadata is None:
         return _EMPTY
-    if type(metadata) is dict:
-        try:
+    try:
+        if type(metadata) is dict:
             incoming = _read_well_formed(metadata)
-        except Exception:
-            incoming = None  # read again below, which logs it
-        if incoming is not None:
-            return incoming
-    return read_metadata(metadata, job_description=f"job {name} {job_id or ''}".rstrip())
-
-
-def _read(metadata: object, job_description: str) -> Incoming:
-    if type(metadata) is dict:
-        incoming = _read_well_formed(metadata)
-        if incoming is not None:
-            return incoming
-    return _read_checked(metadata, job_description)
+            if incoming is not None:
+                return incoming
+        return _read_checked(metadata, describe())
+    except Exception:  # a bug here must not cost the job its span
+        logger.warning("jobtrace: reading the metadata of %s failed", describe(), exc_info=True)
+        return _EMPTY
 
 
 def _plain_id(value: object) -> bool:
