@@ -81,8 +81,6 @@ LIST_STATES = (*(state.value for state in JobState), SCHEDULED)
 MAX_PAGE = 1000
 #: A list counts its jobs up to this many and then says "more than".
 MAX_COUNT = 10_000
-#: Waiting or being worked on: what a queue holds.
-QUEUE_STATES = ACTIVE_STATE_VALUES
 #: The query parameters :func:`parse_filter` reads, in the order links write them.
 FILTER_PARAMS = (
     "run",
