@@ -95,9 +95,7 @@ class JobRun:
         self.adopted_span = span
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.server = (
-            None if server_address is None else semconv.server_of(server_address, server_port)
-        )
+        self.server = semconv.server_of(server_address, server_port)
         self.state: JobState | None = None
         self.info: records.JobInfo | None = None
         self._job: current.ActiveJob | None = None

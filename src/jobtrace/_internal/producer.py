@@ -80,9 +80,7 @@ class Enqueue:
         self.adopted_span = span
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.server = (
-            None if server_address is None else semconv.server_of(server_address, server_port)
-        )
+        self.server = semconv.server_of(server_address, server_port)
         self.published = True
         self._span: trace.Span | None = None
         self._sent_at: float | None = None
